@@ -1,0 +1,81 @@
+"""Callbacks: a whole-run progress bar with ETA, synthetic-image grids for TensorBoard, and a hard-kill hook
+used by the resume test (a real SIGKILL at a chosen iteration, nothing graceful)."""
+from __future__ import annotations
+
+import os
+import signal
+
+import pytorch_lightning as pl
+import torch
+from tqdm.auto import tqdm
+
+
+class RunProgressBar(pl.Callback):
+    """One bar over the whole run (all epochs), rank 0 only: iterations, ETA, KD loss, val acc, images."""
+
+    def __init__(self):
+        self.bar = None
+
+    def on_train_start(self, trainer, module):
+        if not trainer.is_global_zero:
+            return
+        total = trainer.num_training_batches * trainer.max_epochs
+        self.bar = tqdm(total=total, initial=min(module.iteration, total), desc="distill", unit="it",
+                        dynamic_ncols=True, smoothing=0.05)
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if self.bar is None:
+            return
+        m = trainer.callback_metrics
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        post = {"kd": f"{float(loss):.3f}" if loss is not None else "-",
+                "imgs": module.images_synthesized * trainer.world_size}
+        if "val/acc" in m:
+            post["val_acc"] = f"{float(m['val/acc']):.3f}"
+        self.bar.set_postfix(post, refresh=False)
+        self.bar.update(1)
+
+    def on_train_end(self, trainer, module):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    on_exception = lambda self, trainer, module, exc: self.on_train_end(trainer, module)  # noqa: E731
+
+
+class ImageGridLogger(pl.Callback):
+    """Every `every` iterations, log a grid of the latest synthesized images (rank 0 only; a small grid,
+    not every step: TensorBoard image summaries are costly)."""
+
+    def __init__(self, every: int = 50, max_images: int = 64):
+        self.every, self.max_images = max(1, int(every)), int(max_images)
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if not trainer.is_global_zero or module.last_synth is None or (module.iteration - 1) % self.every:
+            return
+        logger = trainer.logger
+        if logger is None or not hasattr(logger.experiment, "add_image"):
+            return
+        import torchvision
+
+        imgs = module.last_synth.images[: self.max_images].detach().float().cpu()
+        grid = torchvision.utils.make_grid(imgs, nrow=int(len(imgs) ** 0.5) or 1, padding=1)
+        logger.experiment.add_image("synth/images", grid, global_step=module.iteration)
+
+
+class KillAt(pl.Callback):
+    """Hard-kill this process (SIGKILL) when the module reaches `iteration`: simulates a crash/pre-emption."""
+
+    def __init__(self, iteration: int):
+        self.iteration = int(iteration)
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if module.iteration == self.iteration:
+            trainer.strategy.barrier()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def save_image_grid(images: torch.Tensor, path, nrow: int = 16) -> None:
+    import torchvision
+
+    torchvision.utils.save_image(images[: nrow * nrow].float().cpu(), str(path), nrow=nrow, padding=1)

@@ -1,0 +1,115 @@
+"""Recipes: Hydra's Compose API over the `recipes/` tree (not `@hydra.main`, which fights Lightning's DDP
+re-launch). Every top-level `recipes/*.yaml` is a recipe; sub-folders are config groups (one concern each).
+
+    cfg = compose("deepinversion_resnet", ["synthesizer.iterations=50", "student=resnet8_half"])
+
+Struct mode is on: an override of a key that does not exist is an error naming the nearest valid keys.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES_DIR = Path(os.environ.get("DFKD_RECIPES", ROOT / "recipes")).resolve()
+
+OmegaConf.register_new_resolver("dfkd_root", lambda: str(ROOT), replace=True)
+
+
+class ConfigError(ValueError):
+    """A recipe or override the user gave is not valid; the message says what would be."""
+
+
+def list_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def recipe_description(name: str) -> str:
+    """First comment line of the recipe file."""
+    for line in (RECIPES_DIR / f"{name}.yaml").read_text().splitlines():
+        if line.startswith("#"):
+            return line.lstrip("# ").strip()
+    return ""
+
+
+def _flat_keys(cfg, prefix="") -> list[str]:
+    keys = []
+    for k, v in cfg.items():
+        full = f"{prefix}{k}"
+        keys.append(full)
+        if isinstance(v, DictConfig):
+            keys += _flat_keys(v, full + ".")
+    return keys
+
+
+def _groups() -> list[str]:
+    return sorted(p.name for p in RECIPES_DIR.iterdir() if p.is_dir())
+
+
+def _explain_override_error(recipe: str, overrides: list[str], err: Exception) -> str:
+    msg = str(err).strip()
+    try:
+        base = _compose_raw(recipe, [o for o in overrides if o.split("=")[0] in _groups()])
+    except Exception:  # noqa: BLE001
+        return msg
+    known = _flat_keys(base)
+    hints = []
+    for o in overrides:
+        key = o.split("=", 1)[0]
+        if key.startswith(("+", "~")) or key in _groups():
+            continue
+        if OmegaConf.select(base, key, default="__missing__") == "__missing__":
+            near = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
+            hints.append(f"  '{key}' is not a key of recipe '{recipe}'"
+                         + (f"; did you mean: {', '.join(near)}" if near else ""))
+    return msg + ("\n" + "\n".join(hints) if hints else "")
+
+
+def _compose_raw(recipe: str, overrides: list[str]) -> DictConfig:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(RECIPES_DIR), version_base="1.3"):
+        return hydra_compose(config_name=recipe, overrides=overrides)
+
+
+def compose(recipe: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    recipes = list_recipes()
+    if recipe not in recipes:
+        near = difflib.get_close_matches(recipe, recipes, n=3)
+        raise ConfigError(f"unknown recipe {recipe!r}." + (f" Did you mean {', '.join(near)}?" if near else "")
+                          + f"\nRecipes: {', '.join(recipes)}")
+    overrides = list(overrides)
+    try:
+        cfg = _compose_raw(recipe, overrides)
+    except Exception as e:  # hydra raises several exception types for bad overrides
+        raise ConfigError(_explain_override_error(recipe, overrides, e)) from None
+    with open_dict(cfg):
+        cfg.recipe = recipe
+        if not cfg.get("run"):
+            cfg.run = recipe
+    OmegaConf.set_struct(cfg, True)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: DictConfig) -> None:
+    """Checks that Hydra cannot express; each error says which key to change."""
+    run = str(cfg.run)
+    if "/" in run or run in ("teachers", ".", ".."):
+        raise ConfigError(f"run={run!r} must be a plain folder name (not 'teachers', no '/')")
+    if cfg.get("task") == "distill":
+        d = cfg.distill
+        for key in ("epochs", "iterations_per_epoch", "synth_every", "kd_steps", "batch_size"):
+            if int(d[key]) < 1:
+                raise ConfigError(f"distill.{key} must be >= 1, got {d[key]}")
+        if cfg.synthesizer.batch_size < 1:
+            raise ConfigError("synthesizer.batch_size must be >= 1")
+
+
+def to_plain(cfg: DictConfig) -> dict:
+    """The resolved recipe as plain containers (safe in weights_only checkpoints and JSON)."""
+    return OmegaConf.to_container(cfg, resolve=True)

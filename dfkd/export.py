@@ -1,0 +1,75 @@
+"""Export a run's student: `python -m dfkd.export checkpoints/<run> [--ckpt last|best] [--onnx] [--torchscript]`.
+
+Writes `checkpoints/<run>/student.pt`, a dfkd model file (weights with `module.` / `_orig_mod.` stripped, arch,
+arch kwargs, num_classes, input size, mean/std and the resolved recipe). `dfkd.load_student(path)` rebuilds an
+eval-mode module that takes [0,1] images (N,C,H,W) at the data set's native size and returns logits.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from dfkd.checkpoint_io import build_classifier, clean_state_dict, load_classifier, read_checkpoint, save_model_file
+
+
+def load_student(path: str | Path) -> torch.nn.Module:
+    """The exported student at `path` (a student.pt, or a run folder holding one), in eval mode."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "student.pt"
+    return load_classifier(path)
+
+
+def export_run(run_dir: str | Path, ckpt: str = "last", onnx: bool = False, torchscript: bool = False) -> Path:
+    run_dir = Path(run_dir)
+    recipe_file, ckpt_file = run_dir / "recipe.yaml", run_dir / f"{ckpt}.ckpt"
+    if not recipe_file.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a dfkd run folder (no recipe.yaml)")
+    if not ckpt_file.is_file():
+        raise FileNotFoundError(f"{ckpt_file} not found; available: {sorted(p.name for p in run_dir.glob('*.ckpt'))}")
+    cfg = OmegaConf.load(recipe_file)
+    t, s, d = cfg.teacher, cfg.student, cfg.data
+    student = build_classifier(s.arch, s.get("arch_kwargs") or {}, d.num_classes, d.channels, d.image_size,
+                               t.get("input_size") or d.image_size, t.get("resize", "pad"), d.mean, d.std)
+    sd = read_checkpoint(ckpt_file)["state_dict"]
+    prefix = "student.model."
+    weights = clean_state_dict({k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)})
+    student.model.load_state_dict(weights)
+    meta = {"arch": s.arch, "arch_kwargs": OmegaConf.to_container(s.get("arch_kwargs") or {}),
+            "num_classes": int(d.num_classes), "in_chans": int(d.channels),
+            "recipe": OmegaConf.to_container(cfg, resolve=True), "source": str(ckpt_file)}
+    out = save_model_file(run_dir / "student.pt", student, meta)
+    example = torch.rand(1, int(d.channels), int(d.image_size), int(d.image_size))
+    student.eval()
+    if torchscript:
+        torch.jit.trace(student, example).save(str(run_dir / "student.ts"))
+    if onnx:
+        torch.onnx.export(student, example, str(run_dir / "student.onnx"), input_names=["images"],
+                          output_names=["logits"], dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+                          dynamo=False)
+    return out
+
+
+def cli(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m dfkd.export", description=__doc__.splitlines()[0])
+    ap.add_argument("run_dir", help="checkpoints/<run>")
+    ap.add_argument("--ckpt", default="last", choices=["last", "best"],
+                    help="which checkpoint (best is selected on the held-out set: report last)")
+    ap.add_argument("--onnx", action="store_true", help="also write student.onnx")
+    ap.add_argument("--torchscript", action="store_true", help="also write student.ts (traced)")
+    a = ap.parse_args(argv)
+    try:
+        out = export_run(a.run_dir, a.ckpt, a.onnx, a.torchscript)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -1,0 +1,65 @@
+"""Loss terms shared by the synthesizers and the distillation loop. Each is small and unit-tested against a
+hand computation (tests/test_losses.py). Conventions follow METHODS.md; where the reference code is ambiguous
+the docstring says which reading dfkd implements."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
+    """Hinton et al. 2015: KL(softmax(t/tau) || softmax(s/tau)) * tau^2, averaged over the batch."""
+    log_p_s = F.log_softmax(student_logits / tau, dim=1)
+    log_p_t = F.log_softmax(teacher_logits / tau, dim=1)
+    return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * tau * tau
+
+
+def kd_l1(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
+    """DFAD (Fang et al. 2019), eq. 5: mean absolute error between logits (tau unused)."""
+    return (student_logits - teacher_logits).abs().mean()
+
+
+KD_LOSSES = {"kl": kd_kl, "l1": kd_l1}
+
+
+def js_divergence(logits_a: torch.Tensor, logits_b: torch.Tensor, tau: float = 3.0,
+                  clamp: tuple[float, float] | None = (0.01, 0.99)) -> torch.Tensor:
+    """Jensen-Shannon divergence between softmax(a/tau) and softmax(b/tau), batch mean, natural log:
+    0.5*KL(P||M) + 0.5*KL(Q||M), M = (P+Q)/2. DeepInversion's ADI term (Yin et al. 2020, eq. 8) uses tau=3
+    and clamps the probabilities to [0.01, 0.99] for stability, as here."""
+    p = F.softmax(logits_a / tau, dim=1)
+    q = F.softmax(logits_b / tau, dim=1)
+    m = 0.5 * (p + q)
+    if clamp is not None:
+        p, q, m = p.clamp(*clamp), q.clamp(*clamp), m.clamp(*clamp)
+    kl_pm = (p * (p.log() - m.log())).sum(1)
+    kl_qm = (q * (q.log() - m.log())).sum(1)
+    return (0.5 * kl_pm + 0.5 * kl_qm).mean()
+
+
+def bn_stat_loss(mean: torch.Tensor, var: torch.Tensor, running_mean: torch.Tensor,
+                 running_var: torch.Tensor) -> torch.Tensor:
+    """DeepInversion eq. 4 for one BN layer: ||mu(x) - mu_run||_2 + ||sigma^2(x) - sigma^2_run||_2
+    (L2 norms, not squared)."""
+    return torch.linalg.vector_norm(mean - running_mean) + torch.linalg.vector_norm(var - running_var)
+
+
+def _tv_diffs(x: torch.Tensor):
+    """The four neighbour differences of DeepInversion's image prior: right, down, and both diagonals."""
+    return (x[..., :, :-1] - x[..., :, 1:], x[..., :-1, :] - x[..., 1:, :],
+            x[..., 1:, :-1] - x[..., :-1, 1:], x[..., :-1, :-1] - x[..., 1:, 1:])
+
+
+def tv_l2(x: torch.Tensor) -> torch.Tensor:
+    """DeepInversion R_TV (L2 variant): sum over the four directions of the Frobenius norm of the differences."""
+    return sum(torch.linalg.vector_norm(d) for d in _tv_diffs(x))
+
+
+def tv_l1(x: torch.Tensor) -> torch.Tensor:
+    """DeepInversion R_TV (L1 variant): sum over the four directions of the mean absolute difference."""
+    return sum(d.abs().mean() for d in _tv_diffs(x))
+
+
+def image_l2(x: torch.Tensor) -> torch.Tensor:
+    """DeepInversion R_l2: per-image L2 norm, averaged over the batch."""
+    return torch.linalg.vector_norm(x.flatten(1), dim=1).mean()

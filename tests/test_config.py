@@ -1,0 +1,53 @@
+import pytest
+
+from dfkd.config import ConfigError, compose, list_recipes, to_plain
+
+RECIPES = list_recipes()
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_every_recipe_composes_and_resolves(recipe):
+    cfg = compose(recipe)
+    assert cfg.recipe == recipe and cfg.run == recipe
+    plain = to_plain(cfg)
+    assert plain["task"] in ("distill", "teacher")
+
+
+def test_overrides_and_group_swaps():
+    cfg = compose("deepinversion_resnet", ["synthesizer.iterations=7", "run=abc", "student=wrn16_1", "seed=3"])
+    assert cfg.synthesizer.iterations == 7 and cfg.run == "abc" and cfg.student.arch == "wrn16_1" and cfg.seed == 3
+
+
+def test_typo_in_override_names_the_nearest_key():
+    with pytest.raises(ConfigError, match=r"synthesizer.iteration.*did you mean: synthesizer.iterations"):
+        compose("deepinversion_resnet", ["synthesizer.iteration=7"])
+
+
+def test_unknown_recipe_lists_recipes():
+    with pytest.raises(ConfigError, match=r"unknown recipe 'deepinversion_resnt'.*Did you mean deepinversion_resnet"):
+        compose("deepinversion_resnt")
+
+
+def test_unknown_group_option_lists_options():
+    with pytest.raises(ConfigError, match=r"resnet8_half"):
+        compose("deepinversion_resnet", ["student=resnet9000"])
+
+
+def test_invalid_values_are_rejected_with_the_key():
+    with pytest.raises(ConfigError, match="distill.kd_steps"):
+        compose("deepinversion_resnet", ["distill.kd_steps=0"])
+    with pytest.raises(ConfigError, match="run="):
+        compose("deepinversion_resnet", ["run=teachers"])
+
+
+def test_train_py_help_lists_recipes():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "train.py"), "--help"], capture_output=True, text=True, check=True)
+    for r in RECIPES:
+        assert r in out.stdout
+    bad = subprocess.run([sys.executable, str(root / "train.py"), "recipe=nope"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown recipe 'nope'" in bad.stderr

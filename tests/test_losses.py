@@ -1,0 +1,115 @@
+"""Every loss term against a hand computation on tiny tensors."""
+import math
+
+import torch
+import torch.nn as nn
+
+from dfkd.hooks import BNStatHooks
+from dfkd.losses import bn_stat_loss, image_l2, js_divergence, kd_kl, kd_l1, tv_l1, tv_l2
+
+
+def test_kd_kl_matches_hand_computation():
+    s = torch.tensor([[1.0, 2.0, 0.0]])
+    t = torch.tensor([[0.0, 1.0, 3.0]])
+    tau = 2.0
+    p_t = [math.exp(v / tau) for v in (0.0, 1.0, 3.0)]
+    p_t = [v / sum(p_t) for v in p_t]
+    p_s = [math.exp(v / tau) for v in (1.0, 2.0, 0.0)]
+    p_s = [v / sum(p_s) for v in p_s]
+    hand = sum(a * math.log(a / b) for a, b in zip(p_t, p_s)) * tau * tau
+    assert math.isclose(kd_kl(s, t, tau).item(), hand, rel_tol=1e-5)
+
+
+def test_kd_kl_is_batch_mean_and_zero_when_equal():
+    x = torch.randn(4, 5)
+    assert kd_kl(x, x, 3.0).abs().item() < 1e-6
+    a, b = torch.randn(2, 5), torch.randn(2, 5)
+    both = kd_kl(a, b)
+    each = (kd_kl(a[:1], b[:1]) + kd_kl(a[1:], b[1:])) / 2
+    assert torch.allclose(both, each, atol=1e-6)
+
+
+def test_kd_l1_is_mean_absolute_logit_difference():
+    s = torch.tensor([[1.0, -2.0], [0.5, 0.0]])
+    t = torch.tensor([[0.0, 0.0], [0.0, 1.0]])
+    assert math.isclose(kd_l1(s, t).item(), (1 + 2 + 0.5 + 1) / 4)
+
+
+def test_js_divergence_matches_hand_computation():
+    a = torch.tensor([[2.0, 0.0]])
+    b = torch.tensor([[0.0, 0.0]])
+    tau = 1.0
+    p = [math.exp(2) / (math.exp(2) + 1), 1 / (math.exp(2) + 1)]
+    q = [0.5, 0.5]
+    m = [(x + y) / 2 for x, y in zip(p, q)]
+    kl = lambda u, v: sum(x * math.log(x / y) for x, y in zip(u, v))  # noqa: E731
+    hand = 0.5 * kl(p, m) + 0.5 * kl(q, m)
+    assert math.isclose(js_divergence(a, b, tau, clamp=None).item(), hand, rel_tol=1e-5)
+    # symmetric, zero on equal inputs, bounded by ln 2
+    assert math.isclose(js_divergence(b, a, tau, None).item(), hand, rel_tol=1e-5)
+    assert js_divergence(a, a, tau).item() < 1e-7
+    far = js_divergence(torch.tensor([[50.0, 0.0]]), torch.tensor([[0.0, 50.0]]), 1.0, None)
+    assert math.isclose(far.item(), math.log(2), rel_tol=1e-4)
+
+
+def test_js_clamp_limits_probabilities():
+    far = js_divergence(torch.tensor([[50.0, 0.0]]), torch.tensor([[0.0, 50.0]]), 1.0, (0.01, 0.99))
+    p, q, m = [0.99, 0.01], [0.01, 0.99], [0.5, 0.5]
+    kl = lambda u, v: sum(x * math.log(x / y) for x, y in zip(u, v))  # noqa: E731
+    assert math.isclose(far.item(), 0.5 * kl(p, m) + 0.5 * kl(q, m), rel_tol=1e-5)
+
+
+def test_bn_stat_loss_is_sum_of_l2_norms():
+    mean, var = torch.tensor([1.0, 2.0]), torch.tensor([1.0, 1.0])
+    rm, rv = torch.tensor([1.0, 0.0]), torch.tensor([4.0, 5.0])
+    assert math.isclose(bn_stat_loss(mean, var, rm, rv).item(), 2.0 + 5.0)
+
+
+def test_tv_terms_match_hand_computation():
+    x = torch.tensor([[[[0.0, 1.0], [2.0, 4.0]]]])
+    # right: (0-1),(2-4) ; down: (0-2),(1-4) ; diag /: x[1,0]-x[0,1] = 2-1 ; diag \: x[0,0]-x[1,1] = 0-4
+    right, down, anti, diag = [1.0, 2.0], [2.0, 3.0], [1.0], [4.0]
+    l2 = sum(math.sqrt(sum(v * v for v in d)) for d in (right, down, anti, diag))
+    l1 = sum(sum(d) / len(d) for d in (right, down, anti, diag))
+    assert math.isclose(tv_l2(x).item(), l2, rel_tol=1e-6)
+    assert math.isclose(tv_l1(x).item(), l1, rel_tol=1e-6)
+    assert tv_l2(torch.ones(2, 3, 5, 5)).item() == 0
+
+
+def test_image_l2_is_mean_per_image_norm():
+    x = torch.zeros(2, 1, 2, 2)
+    x[0, 0, 0, 0] = 3.0
+    x[0, 0, 1, 1] = 4.0
+    x[1, 0, 0, 1] = 1.0
+    assert math.isclose(image_l2(x).item(), (5.0 + 1.0) / 2)
+
+
+def test_bn_hooks_compute_the_loss_of_the_bn_input_with_first_multiplier():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Conv2d(3, 2, 1), nn.BatchNorm2d(2)).eval()
+    for bn in (net[1], net[4]):
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+    hooks = BNStatHooks(net, first_multiplier=10.0)
+    x = torch.randn(4, 1, 6, 6)
+    with hooks.recording():
+        net(x)
+    a = net[0](x)
+    b = net[3](net[2](net[1](a)))
+    hand = 0.0
+    for w, inp, bn in ((10.0, a, net[1]), (1.0, b, net[4])):
+        mu = inp.mean((0, 2, 3))
+        var = inp.var((0, 2, 3), unbiased=False)
+        hand += w * ((mu - bn.running_mean).norm() + (var - bn.running_var).norm())
+    assert torch.allclose(hooks.loss(), hand, rtol=1e-4)
+    # inactive outside recording(): an ordinary forward records nothing
+    net(x)
+    assert len(hooks.losses) == 2
+    hooks.close()
+
+
+def test_bn_hooks_refuse_a_model_without_batchnorm():
+    import pytest
+
+    with pytest.raises(ValueError, match="no BatchNorm"):
+        BNStatHooks(nn.Sequential(nn.Conv2d(1, 1, 1)))

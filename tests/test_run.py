@@ -1,0 +1,156 @@
+"""End-to-end runs through `train.py` (subprocesses, as a user runs them) and the run-level error paths
+(in-process). Budgets are tiny: these check wiring, state and files, not accuracy."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import dfkd
+from dfkd.config import compose, list_recipes
+from dfkd.run import RunError, main
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["synthesizer.batch_size=8", "synthesizer.iterations=2", "distill.epochs=2", "distill.iterations_per_epoch=2",
+        "distill.synth_every=1", "distill.kd_steps=1", "distill.batch_size=8", "bank.capacity=64",
+        "trainer.accelerator=cpu", "log.image_every=1"]
+# paper-scale recipes run on FakeData with a random teacher
+FAKE = ["data=fake", "teacher.checkpoint=null", "teacher.random_init=true", "data.image_size=32"]
+
+
+def train(tmp_path, recipe, *overrides, check=True):
+    cmd = [sys.executable, str(ROOT / "train.py"), f"recipe={recipe}", f"paths.runs={tmp_path}", *overrides]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    if check and out.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}")
+    return out
+
+
+def distill_recipes():
+    return [r for r in list_recipes() if compose(r).task == "distill"]
+
+
+def load_ckpt(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", distill_recipes())
+def test_every_distill_recipe_runs_a_smoke_step(tmp_path, recipe):
+    extra = FAKE if compose(recipe).data.name != "mnist_embedded" else []
+    train(tmp_path, recipe, "run=smoke", *TINY, *extra)
+    run = tmp_path / "smoke"
+    for name in ("last.ckpt", "best.ckpt", "recipe.yaml", "summary.json", "student.pt", "samples.png"):
+        assert (run / name).is_file(), name
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    s = json.loads((run / "summary.json").read_text())
+    assert s["images_synthesized"] == 2 * 2 * 8 and s["iterations"] == 4
+    assert 0 <= s["student"]["heldout_acc"] <= 1 and s["synthesis_time_s"] > 0
+    assert {"torch", "pytorch_lightning", "timm", "kornia"} <= set(s["versions"])
+    student = dfkd.load_student(run / "student.pt")
+    c, h = (1, 28) if not extra else (3, 32)
+    assert student(torch.rand(2, c, h, h)).shape == (2, 10)
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_state_as_an_uninterrupted_one(tmp_path):
+    budget = [*TINY, "distill.epochs=3", "trainer.deterministic=true"]
+    train(tmp_path, "deepinversion_resnet", "run=straight", *budget)
+    killed = train(tmp_path, "deepinversion_resnet", "run=crash", *budget, "debug.kill_at_iteration=3", check=False)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    mid = load_ckpt(tmp_path / "crash" / "last.ckpt")
+    assert mid["dfkd"]["iteration"] == 2 and not (tmp_path / "crash" / "summary.json").exists()
+    train(tmp_path, "deepinversion_resnet", "run=crash", *budget, "resume=true")
+
+    a, b = load_ckpt(tmp_path / "straight" / "last.ckpt"), load_ckpt(tmp_path / "crash" / "last.ckpt")
+    assert a["global_step"] == b["global_step"] and a["epoch"] == b["epoch"]
+    assert a["dfkd"]["iteration"] == b["dfkd"]["iteration"] == 6
+    for k, v in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][k], v, rtol=1e-5, atol=1e-6, msg=f"{k} differs")
+    ra, rb = a["dfkd"]["per_rank"][0], b["dfkd"]["per_rank"][0]
+    assert torch.equal(ra["bank"]["images"], rb["bank"]["images"]), "resumed run synthesized different images"
+    assert ra["images_synthesized"] == rb["images_synthesized"] == 6 * 8
+    for i, (sa, sb) in enumerate(zip(a["optimizer_states"], b["optimizer_states"])):
+        for pid, st in sa["state"].items():
+            for key, v in st.items():
+                torch.testing.assert_close(sb["state"][pid][key], v, rtol=1e-5, atol=1e-6)
+    assert json.loads((tmp_path / "crash" / "summary.json").read_text())["resumed"] is True
+
+
+@pytest.mark.slow
+def test_two_process_ddp_ranks_synthesize_different_images_and_agree_on_the_student(tmp_path):
+    train(tmp_path, "deepinversion_resnet", "run=ddp", *TINY, "trainer.devices=2", "trainer.strategy=auto")
+    ck = load_ckpt(tmp_path / "ddp" / "last.ckpt")
+    r0, r1 = ck["dfkd"]["per_rank"]
+    assert not torch.equal(r0["bank"]["images"], r1["bank"]["images"]), "ranks synthesized identical images"
+    torch.testing.assert_close(r0["student_fingerprint"], r1["student_fingerprint"], rtol=0, atol=0)
+    s = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert s["world_size"] == 2 and s["images_synthesized"] == 2 * 2 * 2 * 8
+
+
+# -- errors: clear, and nothing lost ------------------------------------------------------------------
+
+def cfg_for(tmp_path, *overrides):
+    return compose("deepinversion_resnet", [f"paths.runs={tmp_path}", *TINY, "distill.epochs=1", *overrides])
+
+
+def test_resume_without_checkpoint_is_an_error(tmp_path):
+    with pytest.raises(RunError, match="nothing to resume"):
+        main(cfg_for(tmp_path, "run=nothing", "resume=true"))
+
+
+def test_missing_teacher_checkpoint_names_the_recipe_that_makes_it(tmp_path):
+    with pytest.raises(RunError, match=r"not found.*recipe=teacher_resnet8_mnist"):
+        main(cfg_for(tmp_path, f"teacher.checkpoint={tmp_path}/nope.pt"))
+
+
+def test_corrupt_teacher_checkpoint_is_reported(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable PyTorch checkpoint"):
+        main(cfg_for(tmp_path, f"teacher.checkpoint={bad}"))
+
+
+def test_teacher_that_does_not_fit_the_arch_is_reported(tmp_path):
+    with pytest.raises(ValueError, match="does not fit"):
+        main(cfg_for(tmp_path, "teacher.arch=resnet20"))
+
+
+def test_teacher_class_count_mismatch_is_reported(tmp_path):
+    with pytest.raises((RunError, ValueError), match="num_classes|classes"):
+        main(cfg_for(tmp_path, "data.num_classes=7"))
+
+
+def test_teacher_without_batchnorm_is_refused_for_deepinversion(tmp_path):
+    with pytest.raises(RunError, match="no BatchNorm"):
+        main(cfg_for(tmp_path, "teacher.arch=lenet5", "teacher.checkpoint=null", "teacher.random_init=true",
+                     "teacher.input_size=32"))
+
+
+def test_run_folder_of_another_recipe_is_not_clobbered(tmp_path):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "recipe.yaml").write_text("recipe: teacher_resnet8_mnist\n")
+    with pytest.raises(RunError, match="already holds a run of recipe 'teacher_resnet8_mnist'"):
+        main(cfg_for(tmp_path, "run=taken"))
+    assert (tmp_path / "taken" / "recipe.yaml").read_text() == "recipe: teacher_resnet8_mnist\n"
+
+
+def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    import dfkd.distill as distill
+
+    calls = {"n": 0}
+    real = distill.KD_LOSSES["kl"]
+
+    def poisoned(s, t, tau):
+        calls["n"] += 1
+        loss = real(s, t, tau)
+        return loss * float("nan") if calls["n"] > 2 else loss
+
+    monkeypatch.setitem(distill.KD_LOSSES, "kl", poisoned)
+    with pytest.raises(distill.DivergenceError, match="KD loss became nan"):
+        main(cfg_for(tmp_path, "run=nan", "distill.epochs=2"))
+    ck = load_ckpt(tmp_path / "nan" / "last.ckpt")
+    assert ck["dfkd"]["iteration"] == 2
+    assert all(torch.isfinite(v).all() for v in ck["state_dict"].values() if v.is_floating_point())
