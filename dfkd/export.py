@@ -39,7 +39,7 @@ def export_run(run_dir: str | Path, ckpt: str = "last", onnx: bool = False, torc
     prefix = "student.model."
     weights = clean_state_dict({k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)})
     student.model.load_state_dict(weights)
-    meta = {"arch": s.arch, "arch_kwargs": OmegaConf.to_container(s.get("arch_kwargs") or {}),
+    meta = {"arch": s.arch, "arch_kwargs": OmegaConf.to_container(s, resolve=True).get("arch_kwargs") or {},
             "num_classes": int(d.num_classes), "in_chans": int(d.channels),
             "recipe": OmegaConf.to_container(cfg, resolve=True), "source": str(ckpt_file)}
     out = save_model_file(run_dir / "student.pt", student, meta)

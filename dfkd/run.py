@@ -132,15 +132,29 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list, max_epochs: i
         # generator and student are updated in separate backward passes, so each pass leaves some
         # parameters unused; rank-local tensors (pixels, bank) are plain attributes, never DDP state.
         strategy = "ddp_find_unused_parameters_true"
-    ckpt = ModelCheckpoint(dirpath=run_dir, filename="best", monitor=monitor, mode="max", save_top_k=1 if monitor else 0,
-                           save_last=True, every_n_epochs=1, enable_version_counter=False)
+    # two writers, so last.ckpt is rewritten every epoch whether or not the monitored metric improved
+    last = ModelCheckpoint(dirpath=run_dir, filename="last", monitor=None, save_top_k=1, every_n_epochs=1,
+                           enable_version_counter=False)
+    ckpts = [last]
+    if monitor:
+        ckpts.append(ModelCheckpoint(dirpath=run_dir, filename="best", monitor=monitor, mode="max", save_top_k=1,
+                                     every_n_epochs=1, enable_version_counter=False))
     return pl.Trainer(
         accelerator=tr.accelerator, devices=tr.devices, num_nodes=tr.num_nodes, strategy=strategy,
         precision=tr.precision, deterministic=tr.deterministic, max_epochs=int(max_epochs),
         logger=TensorBoardLogger(str(run_dir), name="tensorboard", version="", default_hp_metric=False),
-        callbacks=[ckpt, *callbacks], enable_progress_bar=lightning_progress_bar, num_sanity_val_steps=0,
+        callbacks=[*ckpts, *callbacks], enable_progress_bar=lightning_progress_bar, num_sanity_val_steps=0,
         log_every_n_steps=int(tr.log_every_n_steps), enable_model_summary=False,
         check_val_every_n_epoch=int(tr.get("check_val_every_n_epoch", 1)))
+
+
+def _best_score(trainer: pl.Trainer) -> float | None:
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    for cb in trainer.callbacks:
+        if isinstance(cb, ModelCheckpoint) and cb.monitor and cb.best_model_score is not None:
+            return float(cb.best_model_score)
+    return None
 
 
 def versions() -> dict:
@@ -230,7 +244,7 @@ def distill(cfg: DictConfig) -> dict | None:
                     "params": count_params(teacher.model), "heldout_acc": teacher_acc},
         "student": {"arch": cfg.student.arch, "arch_kwargs": to_plain(cfg.student).get("arch_kwargs") or {},
                     "params": count_params(student.model), "heldout_acc": student_acc,
-                    "best_heldout_acc": float(trainer.checkpoint_callback.best_model_score or float("nan"))},
+                    "best_heldout_acc": _best_score(trainer)},
         "compression_ratio": count_params(teacher.model) / count_params(student.model),
         "heldout_set": f"{cfg.data.name}: {len(splits.val)} real images never used for training",
         "wall_time_s": time.perf_counter() - t_start,
