@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 
 import pytorch_lightning as pl
 import torch
@@ -21,7 +22,8 @@ class RunProgressBar(pl.Callback):
             return
         total = trainer.num_training_batches * trainer.max_epochs
         self.bar = tqdm(total=total, initial=min(module.iteration, total), desc="distill", unit="it",
-                        dynamic_ncols=True, smoothing=0.05)
+                        dynamic_ncols=True, smoothing=0.05,
+                        mininterval=0.5 if sys.stderr.isatty() else 30.0)  # a log file gets a line every 30 s
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         if self.bar is None:

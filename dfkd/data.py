@@ -71,6 +71,11 @@ def _mnist(root=None, download=False, **_):
     return _tv("MNIST", root, download, lambda tr: {"train": tr})
 
 
+@DATASETS.register("fashionmnist")
+def _fashion(root=None, download=False, **_):
+    return _tv("FashionMNIST", root, download, lambda tr: {"train": tr})
+
+
 @DATASETS.register("cifar10")
 def _cifar10(root=None, download=False, **_):
     return _tv("CIFAR10", root, download, lambda tr: {"train": tr})

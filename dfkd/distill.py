@@ -21,7 +21,8 @@ import torch
 import torch.nn as nn
 
 from dfkd.bank import SampleBank
-from dfkd.losses import KD_LOSSES
+from dfkd.hooks import FeatureTaps
+from dfkd.losses import KD_LOSSES, attention_transfer
 from dfkd.synthesizers.base import SynthContext, Synthesizer
 
 
@@ -41,12 +42,16 @@ def build_optimizer(params, cfg) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {cfg['name']!r}; use sgd, adam or adamw")
 
 
-def build_scheduler(opt, name: str | None, total_steps: int):
+def build_scheduler(opt, name: str | None, total_steps: int, milestones=(0.4, 0.8), gamma: float = 0.1):
+    """Stepped once per iteration. `multistep` milestones are fractions of the run (DAFL: x0.1 at 40% and 80%)."""
     if not name or name == "none":
         return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     if name == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(total_steps, 1))
-    raise ValueError(f"unknown scheduler {name!r}; use cosine or none")
+    if name == "multistep":
+        steps = sorted(int(f * total_steps) for f in milestones)
+        return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=steps, gamma=gamma)
+    raise ValueError(f"unknown scheduler {name!r}; use cosine, multistep or none")
 
 
 class DistillModule(pl.LightningModule):
@@ -80,6 +85,7 @@ class DistillModule(pl.LightningModule):
         self.last_synth = None        # the latest SynthBatch, for image-grid callbacks
         self._fresh = None
         self._pending_state = None
+        self._taps = None             # (student taps, teacher taps, pairs) for attention transfer
         self._val_correct = self._val_total = 0
 
     # -- state ----------------------------------------------------------------------------------------
@@ -136,7 +142,9 @@ class DistillModule(pl.LightningModule):
     # -- setup ----------------------------------------------------------------------------------------
     def configure_optimizers(self):
         opt = build_optimizer(self.student.parameters(), self.cfg["optimizer"])
-        sched = build_scheduler(opt, self.cfg.get("scheduler"), self.total_iterations)
+        sched = build_scheduler(opt, self.cfg.get("scheduler"),
+                                self.total_iterations - int(self.cfg.get("warmup_iterations", 0)),
+                                self.cfg.get("milestones", (0.4, 0.8)))
         opts, scheds = [opt], [sched]
         for item in self.synthesizer.optimizers():
             opts.append(item["optimizer"])
@@ -152,6 +160,11 @@ class DistillModule(pl.LightningModule):
                            std=self.std, device=self.device, seed=self.seed, rank=self.global_rank,
                            world_size=self.trainer.world_size, backward=self.manual_backward)
         self.synthesizer.attach(self.teacher, self.student, ctx)
+        at = self.cfg.get("attention") or {}
+        if at.get("beta", 0) > 0 and self._taps is None:
+            pairs = list(zip(at["student"], at["teacher"]))
+            self._taps = (FeatureTaps(self.student.model, list(at["student"])),
+                          FeatureTaps(self.teacher.model, list(at["teacher"])), pairs)
 
     def on_train_start(self):
         self._apply_pending_state()  # after sanity checks, so the restored RNG streams are not consumed
@@ -167,6 +180,10 @@ class DistillModule(pl.LightningModule):
 
     def on_fit_end(self):
         self.synthesizer.detach()
+        if self._taps is not None:
+            self._taps[0].close()
+            self._taps[1].close()
+            self._taps = None
 
     # -- training -------------------------------------------------------------------------------------
     def _check_finite(self, name: str, value: torch.Tensor):
@@ -194,6 +211,9 @@ class DistillModule(pl.LightningModule):
 
     def _kd_batch(self) -> torch.Tensor:
         bs = self.cfg["batch_size"]
+        fresh = self.synthesizer.sample(bs)
+        if fresh is not None:
+            return fresh
         if self.use_bank:
             images, _ = self.bank.sample(bs, self.kd_rng)
             return images
@@ -209,6 +229,11 @@ class DistillModule(pl.LightningModule):
         if self.iteration % self.cfg["synth_every"] == 0 or (not self.use_bank and self._fresh is None):
             self._synthesize()
 
+        if self.iteration < self.cfg.get("warmup_iterations", 0):
+            # synthesis-only warm-up (FastDFKD): the student does not train yet
+            self.iteration += 1
+            return None
+
         self.student.train()
         tau = self.cfg["tau"]
         for _ in range(self.cfg["kd_steps"]):
@@ -217,6 +242,11 @@ class DistillModule(pl.LightningModule):
                 t_logits = self.teacher(x)
             s_logits = self.student(x)
             loss = self.kd_loss(s_logits, t_logits, tau)
+            if self._taps is not None:
+                s_taps, t_taps, pairs = self._taps
+                at = sum(attention_transfer(s_taps[a], t_taps[b]) for a, b in pairs)
+                self.log("train/attention_loss", at.detach(), on_step=True, on_epoch=False)
+                loss = loss + self.cfg["attention"]["beta"] * at
             self._check_finite("KD loss", loss.detach())
             opt.zero_grad()
             self.manual_backward(loss)

@@ -19,7 +19,23 @@ def kd_l1(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: float
     return (student_logits - teacher_logits).abs().mean()
 
 
-KD_LOSSES = {"kl": kd_kl, "l1": kd_l1}
+def kd_kl_elementwise(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
+    """ZSKT's KL: `F.kl_div` with its default 'mean' reduction, i.e. averaged over batch *and* classes
+    (= kd_kl / num_classes); ZSKT's attention weight beta=250 was tuned against this scale."""
+    return kd_kl(student_logits, teacher_logits, tau) / student_logits.shape[1]
+
+
+KD_LOSSES = {"kl": kd_kl, "l1": kd_l1, "kl_elementwise": kd_kl_elementwise}
+
+
+def attention_map(features: torch.Tensor) -> torch.Tensor:
+    """Zagoruyko & Komodakis 2017: L2-normalized, flattened spatial map of the channel mean of squared activations."""
+    return F.normalize(features.pow(2).mean(1).flatten(1), dim=1)
+
+
+def attention_transfer(student_features: torch.Tensor, teacher_features: torch.Tensor) -> torch.Tensor:
+    """ZSKT eq. 3 for one block pair: mean squared difference of the attention maps."""
+    return (attention_map(student_features) - attention_map(teacher_features)).pow(2).mean()
 
 
 def js_divergence(logits_a: torch.Tensor, logits_b: torch.Tensor, tau: float = 3.0,

@@ -8,6 +8,7 @@ Everything before `trainer.fit` runs once per process under DDP (Lightning re-ex
 """
 from __future__ import annotations
 
+import copy
 import json
 import platform
 import shutil
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.utilities import rank_zero_only
 from torch.utils.data import DataLoader
 
@@ -103,7 +104,18 @@ def build_teacher(cfg: DictConfig) -> Classifier:
 
 
 def build_student(cfg: DictConfig, teacher: Classifier) -> Classifier:
+    """The student: an architecture by name, or (`arch: tucker`) the teacher compressed by Tucker-2
+    decomposition, whose chosen ranks are written back into cfg.student so the run can be rebuilt."""
     s, d, p = cfg.student, cfg.data, teacher.preprocess
+    if s.arch == "tucker" and "ranks" not in (s.get("arch_kwargs") or {}):
+        from dfkd.models.tucker import compress
+
+        kw = to_plain(s).get("arch_kwargs") or {}
+        model, ranks = compress(teacher.model, kw.get("layers"), kw.get("rank", "vbmf"))
+        with open_dict(cfg):
+            cfg.student.arch_kwargs = {"base": cfg.teacher.arch, "base_kwargs": to_plain(cfg.teacher).get("arch_kwargs") or {},
+                                       "ranks": ranks, "layers": list(ranks), "rank": kw.get("rank", "vbmf")}
+        return Classifier(copy.deepcopy(p), model.requires_grad_(True).train())
     return build_classifier(s.arch, s.get("arch_kwargs") or {}, d.num_classes, d.channels, d.image_size,
                             p.input_size, p.resize, d.mean, d.std)
 
@@ -183,6 +195,9 @@ def write_json(path: Path, obj: dict) -> None:
 
 
 def main(cfg: DictConfig) -> dict | None:
+    from dfkd.plugins import load_plugins
+
+    load_plugins(cfg.get("plugins"))
     if cfg.task == "teacher":
         from dfkd.teacher import train_teacher
 
@@ -194,14 +209,16 @@ def main(cfg: DictConfig) -> dict | None:
 
 def distill(cfg: DictConfig) -> dict | None:
     t_start = time.perf_counter()
-    run_dir = prepare_run_dir(cfg) if is_rank_zero() else run_dir_of(cfg)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
-
     splits: Splits = build_splits(cfg.data)
     teacher = build_teacher(cfg)
     student = build_student(cfg, teacher)
+    run_dir = prepare_run_dir(cfg) if is_rank_zero() else run_dir_of(cfg)
     syn_cfg = dict(to_plain(cfg.synthesizer))
-    synthesizer = SYNTHESIZERS.build(syn_cfg.pop("name"), **syn_cfg)
+    data = cfg.data
+    synthesizer = SYNTHESIZERS.build(syn_cfg.pop("name"), **syn_cfg, num_classes=int(data.num_classes),
+                                     image_shape=(int(data.channels), int(data.image_size), int(data.image_size)),
+                                     mean=list(data.mean), std=list(data.std))
     if synthesizer.uses_bn_stats:
         from dfkd.hooks import batchnorm_layers
 
@@ -210,6 +227,7 @@ def distill(cfg: DictConfig) -> dict | None:
                            f"'{cfg.teacher.arch}' has no BatchNorm layer. Use a teacher with BatchNorm "
                            "(e.g. teacher=resnet8_mnist) or a generative synthesizer.")
     teacher_acc = evaluate(teacher, splits.val) if is_rank_zero() else None
+    initial_acc = evaluate(student, splits.val) if is_rank_zero() else None  # before any distillation
 
     d = cfg.distill
     world = int(cfg.trainer.devices) * int(cfg.trainer.num_nodes) if str(cfg.trainer.devices).isdigit() else 1
@@ -244,6 +262,7 @@ def distill(cfg: DictConfig) -> dict | None:
                     "params": count_params(teacher.model), "heldout_acc": teacher_acc},
         "student": {"arch": cfg.student.arch, "arch_kwargs": to_plain(cfg.student).get("arch_kwargs") or {},
                     "params": count_params(student.model), "heldout_acc": student_acc,
+                    "initial_heldout_acc": initial_acc,
                     "best_heldout_acc": _best_score(trainer)},
         "compression_ratio": count_params(teacher.model) / count_params(student.model),
         "heldout_set": f"{cfg.data.name}: {len(splits.val)} real images never used for training",

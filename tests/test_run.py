@@ -13,9 +13,19 @@ from dfkd.config import compose, list_recipes
 from dfkd.run import RunError, main
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["synthesizer.batch_size=8", "synthesizer.iterations=2", "distill.epochs=2", "distill.iterations_per_epoch=2",
-        "distill.synth_every=1", "distill.kd_steps=1", "distill.batch_size=8", "bank.capacity=64",
-        "trainer.accelerator=cpu", "log.image_every=1"]
+LOOP = ["distill.epochs=2", "distill.iterations_per_epoch=2", "distill.synth_every=1", "distill.kd_steps=1",
+        "distill.batch_size=8", "bank.capacity=64", "trainer.accelerator=cpu", "log.image_every=1"]
+SMALL = {  # per synthesizer: the smallest settings that still run every code path
+    "deepinversion": ["synthesizer.batch_size=8", "synthesizer.iterations=2"],
+    "dafl": ["synthesizer.batch_size=8", "synthesizer.ngf=4"],
+    "dfad": ["synthesizer.batch_size=8", "synthesizer.ngf=4"],
+    "zskt": ["synthesizer.batch_size=8", "synthesizer.ngf=4"],
+    "fastdfkd": ["synthesizer.batch_size=8", "synthesizer.ngf=4", "synthesizer.g_steps=2", "synthesizer.warmup=1",
+                 "synthesizer.reset_l0_at=2"],
+    "kegnet": ["synthesizer.batch_size=8", "synthesizer.generators=2"],
+    "noise": ["synthesizer.batch_size=8"],   # examples/noise_synthesizer.py, a plug-in from outside the package
+}
+TINY = LOOP + SMALL["deepinversion"]
 # paper-scale recipes run on FakeData with a random teacher
 FAKE = ["data=fake", "teacher.checkpoint=null", "teacher.random_init=true", "data.image_size=32"]
 
@@ -39,14 +49,16 @@ def load_ckpt(path):
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", distill_recipes())
 def test_every_distill_recipe_runs_a_smoke_step(tmp_path, recipe):
-    extra = FAKE if compose(recipe).data.name != "mnist_embedded" else []
-    train(tmp_path, recipe, "run=smoke", *TINY, *extra)
+    cfg = compose(recipe)
+    extra = FAKE if cfg.data.name != "mnist_embedded" else []
+    warm = ["distill.warmup_iterations=1"] if cfg.distill.get("warmup_iterations") else []
+    train(tmp_path, recipe, "run=smoke", *LOOP, *SMALL[cfg.synthesizer.name], *extra, *warm)
     run = tmp_path / "smoke"
     for name in ("last.ckpt", "best.ckpt", "recipe.yaml", "summary.json", "student.pt", "samples.png"):
         assert (run / name).is_file(), name
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     s = json.loads((run / "summary.json").read_text())
-    assert s["images_synthesized"] == 2 * 2 * 8 and s["iterations"] == 4
+    assert s["images_synthesized"] >= 2 * 2 * 8 and s["iterations"] == 4
     assert 0 <= s["student"]["heldout_acc"] <= 1 and s["synthesis_time_s"] > 0
     assert {"torch", "pytorch_lightning", "timm", "kornia"} <= set(s["versions"])
     student = dfkd.load_student(run / "student.pt")

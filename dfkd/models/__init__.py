@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from dfkd.models import cifar_resnet, lenet, vgg, wrn  # noqa: F401  (registration)
+from dfkd.models import cifar_resnet, lenet, tucker, vgg, wrn  # noqa: F401  (registration)
 from dfkd.models.registry import MODELS
 
 __all__ = ["MODELS", "build_model", "count_params"]

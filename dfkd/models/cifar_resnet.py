@@ -91,6 +91,12 @@ def resnet8(num_classes=10, in_chans=3, width: float = 1.0):
 
 
 @MODELS.register
+def resnet14(num_classes=10, in_chans=3, width: float = 1.0):
+    """ResNet-14: KegNet's Fashion-MNIST / SVHN teacher."""
+    return _crd(14, [16, 16, 32, 64], num_classes, in_chans, width)
+
+
+@MODELS.register
 def resnet20(num_classes=10, in_chans=3, width: float = 1.0):
     return _crd(20, [16, 16, 32, 64], num_classes, in_chans, width)
 

@@ -39,12 +39,12 @@ class _Stage(nn.Module):
 
 
 class WideResNet(nn.Module):
-    def __init__(self, depth: int, widen: int, num_classes: int = 10, in_chans: int = 3):
+    def __init__(self, depth: int, widen: float, num_classes: int = 10, in_chans: int = 3):
         super().__init__()
         if (depth - 4) % 6:
             raise ValueError(f"WRN depth must be 6n+4, got {depth}")
         n = (depth - 4) // 6
-        w = [16, 16 * widen, 32 * widen, 64 * widen]
+        w = [16] + [max(1, int(round(c * widen))) for c in (16, 32, 64)]
         self.conv1 = nn.Conv2d(in_chans, w[0], 3, 1, 1, bias=False)
         self.block1 = _Stage(n, w[0], w[1], 1)
         self.block2 = _Stage(n, w[1], w[2], 2)
@@ -73,6 +73,7 @@ for _d, _k in [(16, 1), (16, 2), (40, 1), (40, 2), (28, 10)]:
 
 
 @MODELS.register
-def wrn(num_classes=10, in_chans=3, depth: int = 16, widen: int = 1):
-    """Any WRN-depth-widen, e.g. `arch: wrn` with `arch_kwargs: {depth: 10, widen: 1}` for small inputs."""
+def wrn(num_classes=10, in_chans=3, depth: int = 16, widen: float = 1):
+    """Any WRN-depth-widen, e.g. `arch: wrn` with `arch_kwargs: {depth: 10, widen: 1}` for small inputs
+    (a fractional widen, e.g. 0.5, makes a thinner student)."""
     return WideResNet(depth, widen, num_classes, in_chans)

@@ -3,10 +3,11 @@ every method shares: the frozen teacher (eval, no grad, asserted), a per-rank ra
 (`seed + rank`, so GPUs synthesize different images), and the bookkeeping of loss terms.
 
 Life cycle (driven by `dfkd.distill.DistillModule`):
-    __init__(**recipe kwargs)              # build generators etc. (their params are Lightning-owned)
+    __init__(**recipe kwargs, num_classes, image_shape, mean, std)   # build generators (Lightning-owned params)
     optimizers() -> list[dict]             # {"optimizer": ..., "scheduler": ...}; [] for pixel optimization
     attach(teacher, student, ctx)          # on_fit_start, after DDP wrap: hooks, RNG
     synthesize(step) -> SynthBatch         # [0,1] NCHW images (+ targets) and the logged loss terms
+    sample(n) -> Tensor | None             # fresh images for one KD step (generators), None: use the batch/bank
     extra_state() / load_extra_state(d)    # counters, EMA statistics, RNG: tensors and plain values only
 """
 from __future__ import annotations
@@ -45,9 +46,16 @@ class SynthContext:
 class Synthesizer(nn.Module):
     uses_bn_stats = False   # subclasses that match teacher BN statistics set True (checked at attach)
 
-    def __init__(self, batch_size: int):
+    def __init__(self, batch_size: int, num_classes: int | None = None, image_shape=None, mean=None, std=None):
         super().__init__()
         self.batch_size = int(batch_size)
+        # what the data looks like, known at construction so generators can be built before attach()
+        self.num_classes = num_classes
+        self.image_shape = tuple(image_shape) if image_shape is not None else None
+        if mean is not None:
+            c = len(mean)
+            self.register_buffer("data_mean", torch.tensor(list(mean), dtype=torch.float32).view(1, c, 1, 1), persistent=False)
+            self.register_buffer("data_std", torch.tensor(list(std), dtype=torch.float32).view(1, c, 1, 1), persistent=False)
         self._teacher = self._student = None
         self.ctx: SynthContext | None = None
         self.rng: torch.Generator | None = None
@@ -66,6 +74,10 @@ class Synthesizer(nn.Module):
 
     def synthesize(self, step: int) -> SynthBatch:
         raise NotImplementedError
+
+    def sample(self, n: int) -> torch.Tensor | None:
+        """Fresh [0,1] images for one KD step, or None to train on the latest batch / the bank."""
+        return None
 
     def extra_state(self) -> dict:
         return {"rng": self.rng.get_state()} if self.rng is not None else {}
@@ -96,6 +108,11 @@ class Synthesizer(nn.Module):
             t = torch.arange(n, device=self.ctx.device) % k
             return t[torch.randperm(n, generator=self.rng, device=self.rng.device).to(t.device)]
         return torch.randint(k, (n,), generator=self.rng, device=self.rng.device).to(self.ctx.device)
+
+    def to_unit(self, x_normalized: torch.Tensor) -> torch.Tensor:
+        """Teacher-normalized images -> [0,1] image space (not clamped: BN-headed generators may overshoot,
+        and the teacher sees exactly what the generator made)."""
+        return x_normalized * self.data_std + self.data_mean
 
     def randn(self, *shape) -> torch.Tensor:
         return torch.randn(*shape, generator=self.rng, device=self.rng.device).to(self.ctx.device)

@@ -47,8 +47,8 @@ class DeepInversion(Synthesizer):
                  betas: tuple[float, float] = (0.5, 0.9), warmup: int = 0, bn: float = 10.0,
                  first_bn_multiplier: float = 10.0, ce: float = 1.0, tv_l2: float = 2.5e-5, tv_l1: float = 0.0,
                  l2: float = 0.0, adi: float = 0.0, adi_tau: float = 3.0, jitter: int = 2, flip: bool = False,
-                 balanced_targets: bool = True, sync_bn_stats: bool = False, keep_best: bool = True):
-        super().__init__(batch_size)
+                 balanced_targets: bool = True, sync_bn_stats: bool = False, keep_best: bool = True, **data):
+        super().__init__(batch_size, **data)
         if iterations < 1:
             raise ValueError("synthesizer.iterations must be >= 1")
         self.iterations, self.lr, self.betas, self.warmup = int(iterations), float(lr), tuple(betas), int(warmup)
@@ -63,8 +63,8 @@ class DeepInversion(Synthesizer):
         if self.bn_hooks is None:
             self.bn_hooks = BNStatHooks(teacher, self.first_bn_multiplier, sync=self.sync_bn_stats)
         c = ctx.image_shape[0]
-        self.register_buffer("_mean", torch.tensor(ctx.mean, device=ctx.device).view(1, c, 1, 1), persistent=False)
-        self.register_buffer("_std", torch.tensor(ctx.std, device=ctx.device).view(1, c, 1, 1), persistent=False)
+        self._mean = torch.tensor(ctx.mean, device=ctx.device).view(1, c, 1, 1)
+        self._std = torch.tensor(ctx.std, device=ctx.device).view(1, c, 1, 1)
 
     def detach(self):
         if self.bn_hooks is not None:

@@ -1,0 +1,43 @@
+"""User plug-ins: modules that register synthesizers, models or data sets from outside the package.
+
+A recipe lists them, as importable module names or paths to .py files (absolute, relative to the working
+directory, or else relative to the dfkd repository root):
+
+    plugins: [my_lab.synthesizers, ./my_synth.py]
+
+They are imported before anything is built, in every process (DDP re-executes train.py per rank)."""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+
+
+def load_plugins(items) -> list[str]:
+    loaded = []
+    for item in items or []:
+        item = str(item)
+        if item.endswith(".py"):
+            path = Path(item).expanduser()
+            if not path.is_absolute() and not path.is_file():
+                from dfkd.config import ROOT
+
+                path = ROOT / path
+            path = path.resolve()
+            if not path.is_file():
+                raise FileNotFoundError(f"plugin file {item} not found (paths are relative to {Path.cwd()})")
+            name = f"dfkd_plugin_{path.stem}"
+            if name not in sys.modules:
+                spec = importlib.util.spec_from_file_location(name, path)
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[name] = module
+                spec.loader.exec_module(module)
+        else:
+            try:
+                importlib.import_module(item)
+            except ModuleNotFoundError as e:
+                raise ModuleNotFoundError(f"plugin module {item!r} cannot be imported ({e}); "
+                                          "is it installed or on PYTHONPATH?") from None
+        loaded.append(item)
+    return loaded

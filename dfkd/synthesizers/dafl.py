@@ -1,0 +1,75 @@
+"""DAFL: Data-Free Learning of Student Networks (Chen et al., ICCV 2019), METHODS.md 1.2.
+
+A generator G is trained so that the frozen teacher T treats its images like real data:
+
+    L_G = oh * CE(T(G(z)), argmax T(G(z)))            # one-hot loss, eq. 2
+        + ie * sum_c pbar_c log10 pbar_c              # information entropy of the batch-mean prediction, eq. 4
+        + a  * (-mean |f_T(G(z))|)                    # activation loss on the teacher's penultimate feature, eq. 3
+
+f_T is taken by a forward hook on the input of `feature_layer` (default: the teacher's last Linear), not by a
+special forward signature. The student is distilled (KL, tau = 1 in the paper) on the same G(z), detached: one
+generator step to one student step. The generator is the paper's (Linear -> 2 x [up, conv, BN, LReLU] -> conv ->
+Tanh -> BN(affine=False)); `bn_eps=0.8` reproduces the reference code's `BatchNorm2d(128, 0.8)` quirk.
+Defaults: the paper's MNIST settings (batch 512, latent 100, Adam lr_G 0.2, oh 1, ie 5, a 0.1).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from dfkd.hooks import FeatureTaps, classifier_head
+from dfkd.synthesizers.base import SYNTHESIZERS, SynthBatch
+from dfkd.synthesizers.generative import GeneratorSynthesizer
+
+
+def information_entropy_loss(logits: torch.Tensor) -> torch.Tensor:
+    """DAFL eq. 4: sum_c pbar_c * log10(pbar_c), pbar = batch-mean softmax (minimizing it balances classes)."""
+    p = F.softmax(logits, dim=1).mean(0)
+    return (p * torch.log10(p.clamp_min(1e-12))).sum()
+
+
+def activation_loss(features: torch.Tensor) -> torch.Tensor:
+    """DAFL eq. 3: -mean |f| (minimizing it maximizes the teacher's feature activations)."""
+    return -features.abs().mean()
+
+
+def one_hot_loss(logits: torch.Tensor) -> torch.Tensor:
+    """DAFL eq. 2: cross-entropy of the teacher's output against its own argmax."""
+    return F.cross_entropy(logits, logits.argmax(1))
+
+
+@SYNTHESIZERS.register("dafl")
+class DAFL(GeneratorSynthesizer):
+    def __init__(self, batch_size: int = 512, nz: int = 100, ngf: int = 64, lr: float = 0.2,
+                 betas=(0.5, 0.999), oh: float = 1.0, ie: float = 5.0, a: float = 0.1,
+                 feature_layer: str | None = None, bn_eps: float = 0.8, **data):
+        super().__init__(batch_size, nz=nz, ngf=ngf, head="tanh_bn", bn_eps=bn_eps, lr=lr, betas=betas, **data)
+        self.w = {"oh": oh, "ie": ie, "a": a}
+        self.feature_layer = feature_layer
+        self.taps: FeatureTaps | None = None
+
+    def attach(self, teacher, student, ctx):
+        super().attach(teacher, student, ctx)
+        if self.taps is None:
+            self.feature_layer = self.feature_layer or classifier_head(teacher.model)
+            self.taps = FeatureTaps(teacher.model, [self.feature_layer], io="input")
+
+    def detach(self):
+        if self.taps is not None:
+            self.taps.close()
+            self.taps = None
+
+    def loss_terms(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        t_logits = self.teacher(x)
+        return {"oh": one_hot_loss(t_logits), "ie": information_entropy_loss(t_logits),
+                "a": activation_loss(self.taps[self.feature_layer]), "logits": t_logits}
+
+    def synthesize(self, step: int) -> SynthBatch:
+        x = self.generate(self.latents(self.batch_size))
+        terms = self.loss_terms(x)
+        loss = sum(self.w[k] * terms[k] for k in self.w)
+        self.generator_step(loss)
+        logged = {k: float(terms[k].detach()) for k in self.w}
+        logged["total"] = float(loss.detach())
+        logged["teacher_max_prob"] = float(F.softmax(terms["logits"].detach(), 1).max(1).values.mean())
+        return SynthBatch(images=x.detach(), losses=logged)

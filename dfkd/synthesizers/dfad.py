@@ -1,0 +1,32 @@
+"""DFAD: Data-Free Adversarial Distillation (Fang et al., arXiv 1912.11006), METHODS.md 1.6.
+
+Min-max game on the mean absolute error between logits (eq. 5):
+    student:    min_S  mean |S(G(z)) - T(G(z))|       (distill.kd_loss=l1, on fresh G(z) each student step)
+    generator:  max_G  mean |S(G(z)) - T(G(z))|       (one generator step per `synth_every` iterations)
+with 5 student steps per generator step in the paper (distill.kd_steps=5). The student scores the
+generator's images in eval mode with frozen parameters (the reference code left it in train mode, which moved
+its BN statistics on adversarial batches). Generator: DAFL's trunk with default BN eps (GeneratorA).
+Defaults: MNIST settings (nz 100, Adam lr_G 1e-3).
+"""
+from __future__ import annotations
+
+from dfkd.losses import kd_l1
+from dfkd.synthesizers.base import SYNTHESIZERS, SynthBatch
+from dfkd.synthesizers.generative import GeneratorSynthesizer
+
+
+@SYNTHESIZERS.register("dfad")
+class DFAD(GeneratorSynthesizer):
+    def __init__(self, batch_size: int = 512, nz: int = 100, ngf: int = 64, lr: float = 1e-3, betas=(0.9, 0.999),
+                 **data):
+        super().__init__(batch_size, nz=nz, ngf=ngf, head="tanh_bn", lr=lr, betas=betas, fresh_samples=True, **data)
+
+    def synthesize(self, step: int) -> SynthBatch:
+        x = self.generate(self.latents(self.batch_size))
+        with self.scoring_student() as student:
+            s_logits = student(x)
+        t_logits = self.teacher(x)
+        discrepancy = kd_l1(s_logits, t_logits)
+        self.generator_step(-discrepancy)
+        return SynthBatch(images=x.detach(), losses={"adv": float(-discrepancy.detach()),
+                                                     "disagreement": self.disagreement(s_logits, t_logits)})

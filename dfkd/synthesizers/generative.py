@@ -1,0 +1,72 @@
+"""What the generator-based synthesizers (DAFL, DFAD, ZSKT) share: one `UpsampleGenerator` with its Adam
+optimizer (owned and checkpointed by Lightning, gradients synchronized across DDP ranks through
+`ctx.backward` = `manual_backward`), latent sampling from the per-rank RNG, and scoring with the student in
+eval mode with its parameters frozen (so generator steps never move the student or its BN statistics)."""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from dfkd.models.generators import UpsampleGenerator
+from dfkd.synthesizers.base import Synthesizer
+
+
+class GeneratorSynthesizer(Synthesizer):
+    def __init__(self, batch_size: int, nz: int = 100, ngf: int = 64, head: str = "tanh_bn", bn_eps: float = 1e-5,
+                 lr: float = 1e-3, betas=(0.5, 0.999), grad_clip: float | None = None,
+                 cosine_steps: int | None = None, fresh_samples: bool = False, **data):
+        super().__init__(batch_size, **data)
+        c, h, w = self.image_shape
+        self.nz, self.grad_clip, self.fresh_samples = int(nz), grad_clip, bool(fresh_samples)
+        self.generator = UpsampleGenerator(nz, ngf, h, c, head, bn_eps)
+        self.opt = torch.optim.Adam(self.generator.parameters(), lr=lr, betas=tuple(betas))
+        self.sched = (torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=int(cosine_steps))
+                      if cosine_steps else None)
+
+    def optimizers(self) -> list[dict]:
+        return [{"optimizer": self.opt, "scheduler": self.sched}]
+
+    def generate(self, z: torch.Tensor) -> torch.Tensor:
+        """[0,1]-space images from latents (the generator stays in train mode: batch statistics, as the papers)."""
+        self.generator.train()
+        x = self.generator(z)
+        return x if self.generator.head == "sigmoid" else self.to_unit(x)
+
+    def latents(self, n: int) -> torch.Tensor:
+        return self.randn(n, self.nz)
+
+    def generator_step(self, loss: torch.Tensor) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        self.ctx.backward(loss)
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.generator.parameters(), self.grad_clip)
+        self.opt.step()
+        if self.sched is not None:
+            self.sched.step()
+
+    @contextlib.contextmanager
+    def scoring_student(self):
+        """Student in eval mode with frozen parameters while it scores images for a generator loss."""
+        student = self.student
+        was_training = student.training
+        flags = [p.requires_grad for p in student.parameters()]
+        student.eval()
+        for p in student.parameters():
+            p.requires_grad_(False)
+        try:
+            yield student
+        finally:
+            for p, f in zip(student.parameters(), flags):
+                p.requires_grad_(f)
+            student.train(was_training)
+
+    def sample(self, n: int) -> torch.Tensor | None:
+        if not self.fresh_samples:
+            return None
+        with torch.no_grad():
+            return self.generate(self.latents(n))
+
+    @staticmethod
+    def disagreement(s_logits: torch.Tensor, t_logits: torch.Tensor) -> float:
+        return float((s_logits.argmax(1) != t_logits.argmax(1)).float().mean())

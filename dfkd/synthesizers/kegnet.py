@@ -1,0 +1,81 @@
+"""KegNet: Knowledge Extraction with No Observable Data (Yoo et al., NeurIPS 2019), METHODS.md 1.3.
+
+An ensemble of `generators` label-conditioned generators G_k(y, z), each with a decoder D_k, trained against
+the fixed classifier T:
+
+    L_k = KL(y || softmax T(G_k(y, z)))                          # eq. 4: y one-hot, so this is CE(T(.), y)
+        + alpha * ||D_k(G_k(y, z)) - z||^2                       # eq. 5: the decoder recovers the noise
+        + beta * exp(-mean_{i,j} d_z(i,j) * d_x(i,j))           # eq. 6: diversity, d_z mean squared noise
+                                                                #   distance, d_x mean absolute image distance
+Each synthesize() call takes one Adam step of every (G_k, D_k) pair (one optimizer each, Lightning-owned);
+the student then distills (KL, tau = 1) on fresh samples drawn evenly from all generators. The paper trains
+the generators first and samples a fixed set afterwards; here that is `distill.warmup_iterations`
+(generator-only iterations) followed by joint training. KegNet's student is the teacher compressed by Tucker
+decomposition: `student=tucker` (dfkd.models.tucker). Defaults: the paper's MNIST settings
+(5 generators, noise 10-d, decoder 1 hidden layer, Adam 1e-3, alpha 1, beta 0).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from dfkd.models.generators import KegNetDecoder, KegNetGenerator
+from dfkd.synthesizers.base import SYNTHESIZERS, SynthBatch, Synthesizer
+
+
+def diversity_loss(z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """KegNet eq. 6: exp(-mean_{i,j} d_z(i,j) * d_x(i,j)), d_z = mean squared difference of noise vectors,
+    d_x = mean absolute difference of flattened images, over all pairs (i, j) of the batch."""
+    dz = (z.unsqueeze(1) - z.unsqueeze(0)).pow(2).mean(-1)
+    xf = x.flatten(1)
+    dx = (xf.unsqueeze(1) - xf.unsqueeze(0)).abs().mean(-1)
+    return torch.exp(-(dz * dx).mean())
+
+
+@SYNTHESIZERS.register("kegnet")
+class KegNet(Synthesizer):
+    def __init__(self, batch_size: int = 256, generators: int = 5, nz: int = 10, width: int = 1, dec_layers: int = 1,
+                 lr: float = 1e-3, alpha: float = 1.0, beta: float = 0.0, **data):
+        super().__init__(batch_size, **data)
+        c, h, w = self.image_shape
+        self.nz, self.w = int(nz), {"cls": 1.0, "dec": alpha, "div": beta}
+        self.generators = torch.nn.ModuleList(KegNetGenerator(self.num_classes, nz, c, h, width) for _ in range(generators))
+        self.decoders = torch.nn.ModuleList(KegNetDecoder(c * h * w, nz, 120, dec_layers) for _ in range(generators))
+        self.opts = [torch.optim.Adam(list(g.parameters()) + list(d.parameters()), lr=lr)
+                     for g, d in zip(self.generators, self.decoders)]
+
+    def optimizers(self) -> list[dict]:
+        return [{"optimizer": o} for o in self.opts]
+
+    def _generate(self, k: int, n: int):
+        y = torch.randint(self.num_classes, (n,), generator=self.rng, device=self.rng.device).to(self.ctx.device)
+        z = self.randn(n, self.nz)
+        self.generators[k].train(n > 1)  # batch statistics, except for a single sample
+        return y, z, self.generators[k](F.one_hot(y, self.num_classes).float(), z)
+
+    def loss_terms(self, k: int, y, z, x) -> dict[str, torch.Tensor]:
+        t_logits = self.teacher(self.to_unit(x))
+        return {"cls": F.cross_entropy(t_logits, y), "dec": F.mse_loss(self.decoders[k](x), z),
+                "div": diversity_loss(z, x)}
+
+    def synthesize(self, step: int) -> SynthBatch:
+        images, targets, logged = [], [], {}
+        for k, opt in enumerate(self.opts):
+            y, z, x = self._generate(k, self.batch_size)
+            terms = self.loss_terms(k, y, z, x)
+            loss = sum(self.w[n] * v for n, v in terms.items())
+            opt.zero_grad(set_to_none=True)
+            self.ctx.backward(loss)
+            opt.step()
+            for n, v in terms.items():
+                logged[n] = logged.get(n, 0.0) + float(v.detach()) / len(self.opts)
+            images.append(self.to_unit(x.detach()))
+            targets.append(y)
+        return SynthBatch(images=torch.cat(images), targets=torch.cat(targets), losses=logged)
+
+    def sample(self, n: int) -> torch.Tensor:
+        """n fresh images, split evenly over the generators."""
+        k = len(self.generators)
+        sizes = [n // k + (1 if i < n % k else 0) for i in range(k)]
+        with torch.no_grad():
+            return torch.cat([self.to_unit(self._generate(i, m)[2]) for i, m in enumerate(sizes) if m > 0])

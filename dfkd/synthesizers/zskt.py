@@ -1,0 +1,39 @@
+"""ZSKT: Zero-shot Knowledge Transfer via Adversarial Belief Matching (Micaelli & Storkey, NeurIPS 2019),
+METHODS.md 1.4.
+
+    generator: max_G KL(T(G(z)) || S(G(z)))                         (eq. 1, tau = 1, elementwise mean)
+    student:   min_S KL(T || S) + beta * sum_l AT(a_S^l, a_T^l)      (eq. 2-3, on the same pseudo-batch)
+
+One pseudo-batch (fixed z) gets one generator step, then `distill.kd_steps` (10 in the paper) student steps on
+G(z) from the updated generator. Attention transfer is the distillation loop's `distill.attention` option
+(hooks on block outputs addressed by module path, beta 250). Both optimizers Adam with cosine schedules, gradient
+norms clipped at 5. Generator: DAFL trunk ending in BN(affine=True), no Tanh (its output is normalized space).
+"""
+from __future__ import annotations
+
+import torch
+
+from dfkd.losses import kd_kl_elementwise
+from dfkd.synthesizers.base import SYNTHESIZERS, SynthBatch
+from dfkd.synthesizers.generative import GeneratorSynthesizer
+
+
+@SYNTHESIZERS.register("zskt")
+class ZSKT(GeneratorSynthesizer):
+    def __init__(self, batch_size: int = 128, nz: int = 100, ngf: int = 64, lr: float = 1e-3, betas=(0.9, 0.999),
+                 grad_clip: float = 5.0, cosine_steps: int | None = None, **data):
+        super().__init__(batch_size, nz=nz, ngf=ngf, head="bn", lr=lr, betas=betas, grad_clip=grad_clip,
+                         cosine_steps=cosine_steps, **data)
+
+    def synthesize(self, step: int) -> SynthBatch:
+        z = self.latents(self.batch_size)
+        x = self.generate(z)
+        with self.scoring_student() as student:
+            s_logits = student(x)
+        t_logits = self.teacher(x)
+        belief = kd_kl_elementwise(s_logits, t_logits, 1.0)
+        self.generator_step(-belief)
+        with torch.no_grad():
+            pseudo = self.generate(z)  # the pseudo-batch the student trains on, from the updated generator
+        return SynthBatch(images=pseudo, losses={"adv": float(-belief.detach()),
+                                                 "disagreement": self.disagreement(s_logits, t_logits)})

@@ -1,0 +1,161 @@
+"""DAFL, DFAD, ZSKT, FastDFKD, KegNet: gradients reach what each optimizes and never the teacher; the student
+scores generator batches in eval mode, is not moved by synthesis, and returns to train mode; loss terms."""
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dfkd.losses import attention_map, attention_transfer, kd_kl, kd_kl_elementwise
+from dfkd.synthesizers import SYNTHESIZERS
+from dfkd.synthesizers.dafl import activation_loss, information_entropy_loss, one_hot_loss
+from dfkd.synthesizers.fastdfkd import decision_adversarial_loss
+from dfkd.synthesizers.kegnet import diversity_loss
+from tests.helpers import assert_teacher_untouched, teacher_snapshot, tiny_pair
+
+DATA = dict(num_classes=4, image_shape=(1, 12, 12), mean=[0.5], std=[0.25])
+CASES = {
+    "dafl": dict(batch_size=8, ngf=4, nz=8, lr=0.01),
+    "dfad": dict(batch_size=8, ngf=4, nz=8),
+    "zskt": dict(batch_size=8, ngf=4, nz=8, cosine_steps=10),
+    "fastdfkd": dict(batch_size=8, ngf=4, nz=8, g_steps=3, warmup=0, reset_l0_at=None,
+                     augment=[{"name": "RandomCrop", "size": [12, 12], "padding": 1}]),
+    "kegnet": dict(batch_size=8, generators=2, nz=4, beta=1.0),
+}
+
+
+def build(name, rank=0, seed=0):
+    teacher, student, ctx = tiny_pair(seed=seed)
+    ctx.rank = rank
+    torch.manual_seed(123)  # identical generator init on every "rank", as DDP's broadcast guarantees
+    syn = SYNTHESIZERS.build(name, **CASES[name], **DATA)
+    syn.attach(teacher, student, ctx)
+    return syn, teacher, student
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_synthesis_trains_the_generator_and_nothing_else(name):
+    syn, teacher, student = build(name)
+    before_t = teacher_snapshot(teacher)
+    before_g = {k: v.clone() for k, v in syn.state_dict().items() if v.is_floating_point()}
+    student.train()
+    before_s = copy.deepcopy(student.state_dict())
+    modes = []
+    hook = student.register_forward_pre_hook(lambda m, i: modes.append(m.training))
+    batch = syn.synthesize(0)
+    hook.remove()
+
+    assert batch.images.shape[1:] == (1, 12, 12) and not batch.images.requires_grad
+    assert all(math.isfinite(v) for v in batch.losses.values())
+    changed = [k for k, v in syn.state_dict().items() if k in before_g and not torch.equal(v, before_g[k])]
+    assert any("weight" in k for k in changed), f"{name}: no generator weight moved"
+    assert_teacher_untouched(teacher, before_t)
+    for k, v in student.state_dict().items():
+        assert torch.equal(v, before_s[k]), f"{name}: synthesis changed student {k}"
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in student.parameters())
+    assert not any(modes), f"{name}: the student scored generator images in train mode"
+    assert student.training, f"{name}: the student was not returned to train mode"
+    fresh = syn.sample(6)
+    if fresh is not None:
+        assert fresh.shape == (6, 1, 12, 12)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_generator_optimizers_are_exposed_for_lightning(name):
+    syn, *_ = build(name)
+    opts = syn.optimizers()
+    assert opts, f"{name} must hand its optimizers to Lightning (checkpointing, DDP)"
+    owned = {id(p) for o in opts for g in o["optimizer"].param_groups for p in g["params"]}
+    assert owned and owned <= {id(p) for p in syn.parameters()}
+
+
+def test_fastdfkd_reset_is_identical_on_every_rank_and_state_round_trips():
+    a, *_ = build("fastdfkd", rank=0)
+    b, *_ = build("fastdfkd", rank=1)
+    a.calls = b.calls = 7
+    a.reset_l0()
+    b.reset_l0()
+    assert torch.equal(a.generator.l1.weight, b.generator.l1.weight)
+    assert not torch.equal(a.randn(3), b.randn(3)), "ranks must draw different latents"
+    a.synthesize(0)
+    a.synthesize(1)
+    state = copy.deepcopy(a.extra_state())
+    assert state["calls"] == 9 and state["bn_ema"] is not None
+    c, *_ = build("fastdfkd")
+    c.load_extra_state(state)
+    assert c.calls == 9 and all(torch.equal(x[0], y[0]) for x, y in zip(c.bn_hooks.ema, a.bn_hooks.ema))
+
+
+def test_fastdfkd_reptile_meta_step_moves_the_meta_generator():
+    syn, *_ = build("fastdfkd")
+    syn.meta = "reptile"
+    before = syn.generator.conv3.weight.clone()
+    syn.synthesize(0)
+    assert not torch.equal(before, syn.generator.conv3.weight)
+
+
+# -- loss terms against hand computations ----------------------------------------------------------------
+
+def test_information_entropy_uses_log10_of_the_batch_mean():
+    logits = torch.log(torch.tensor([[0.5, 0.5], [0.9, 0.1]]))
+    p = [0.7, 0.3]
+    assert math.isclose(information_entropy_loss(logits).item(), sum(v * math.log10(v) for v in p), rel_tol=1e-5)
+
+
+def test_activation_and_one_hot_losses():
+    f = torch.tensor([[1.0, -3.0], [0.0, 2.0]])
+    assert activation_loss(f).item() == -1.5
+    logits = torch.tensor([[2.0, 0.0]])
+    assert math.isclose(one_hot_loss(logits).item(), -math.log(math.exp(2) / (math.exp(2) + 1)), rel_tol=1e-6)
+
+
+def test_kl_elementwise_is_kl_over_classes():
+    s, t = torch.randn(3, 5), torch.randn(3, 5)
+    ref = F.kl_div(F.log_softmax(s, 1), F.softmax(t, 1), reduction="mean")
+    assert torch.allclose(kd_kl_elementwise(s, t), ref, atol=1e-6)
+    assert torch.allclose(kd_kl_elementwise(s, t) * 5, kd_kl(s, t), atol=1e-6)
+
+
+def test_attention_transfer_matches_hand_computation():
+    fs = torch.zeros(1, 2, 1, 2)
+    fs[0, :, 0, 0] = torch.tensor([1.0, 1.0])   # channel mean of squares: [1, 0]
+    ft = torch.zeros(1, 1, 1, 2)
+    ft[0, 0, 0] = torch.tensor([3.0, 4.0])      # [9, 16] -> normalized [9/sqrt(337), 16/sqrt(337)]
+    a_t = [9 / math.sqrt(337), 16 / math.sqrt(337)]
+    hand = ((1 - a_t[0]) ** 2 + (0 - a_t[1]) ** 2) / 2
+    assert torch.allclose(attention_map(fs), torch.tensor([[1.0, 0.0]]))
+    assert math.isclose(attention_transfer(fs, ft).item(), hand, rel_tol=1e-5)
+
+
+def test_decision_adversarial_only_counts_agreeing_samples():
+    t = torch.tensor([[2.0, 0.0], [2.0, 0.0]])
+    s = torch.tensor([[1.0, 0.0], [0.0, 1.0]])  # sample 0 agrees with the teacher, sample 1 does not
+    pt = F.softmax(t[0], 0)
+    ps = F.softmax(s[0], 0)
+    kl0 = (pt * (pt.log() - ps.log())).sum().item()
+    assert math.isclose(decision_adversarial_loss(s, t).item(), -kl0 / 2, rel_tol=1e-5)
+
+
+def test_kegnet_diversity_loss_matches_hand_computation():
+    z = torch.tensor([[0.0, 0.0], [1.0, 3.0]])         # d_z(0,1) = (1 + 9) / 2 = 5
+    x = torch.tensor([[0.0, 0.0, 0.0], [1.0, 2.0, 3.0]])  # d_x(0,1) = 2
+    # pairs (i, j) over the 2x2 grid: two off-diagonal entries of 5 * 2, two zero diagonal entries
+    assert math.isclose(diversity_loss(z, x).item(), math.exp(-(10 + 10) / 4), rel_tol=1e-6)
+
+
+def test_bn_momentum_blends_the_batch_with_the_ema():
+    from dfkd.hooks import BNStatHooks
+
+    bn = torch.nn.BatchNorm2d(1).eval()
+    hooks = BNStatHooks(torch.nn.Sequential(bn), momentum=0.9)
+    x1 = torch.full((2, 1, 1, 1), 2.0)   # mean 2, var 0
+    with hooks.recording():
+        bn(x1)
+    assert math.isclose(hooks.loss().item(), 2.0 + 1.0)  # |2 - 0| + |0 - 1|
+    hooks.update_ema()
+    x2 = torch.tensor([[[[0.0]]], [[[2.0]]]])  # mean 1, var 1
+    with hooks.recording():
+        bn(x2)
+    mean, var = 0.1 * 1 + 0.9 * 2, 0.1 * 1 + 0.9 * 0
+    assert math.isclose(hooks.loss().item(), abs(mean) + abs(var - 1), rel_tol=1e-5)
