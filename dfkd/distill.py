@@ -102,7 +102,8 @@ class DistillModule(pl.LightningModule):
                 "images_synthesized": self.images_synthesized, "synth_seconds": self.synth_seconds,
                 "fit_seconds": self._fit_elapsed(),
                 # per-parameter sums: under DDP every rank must hold the same student (checked by the tests)
-                "student_fingerprint": torch.stack([p.detach().double().sum() for p in self.student.parameters()])}
+                "student_fingerprint": _fingerprint(self.student),
+                "synth_fingerprint": _fingerprint(self.synthesizer)}
 
     def _fit_elapsed(self) -> float:
         return self.fit_seconds + (time.perf_counter() - self._fit_t0 if self._fit_t0 is not None else 0.0)
@@ -158,13 +159,24 @@ class DistillModule(pl.LightningModule):
         self.kd_rng.manual_seed(self.seed * 1000 + 7 + self.global_rank)
         ctx = SynthContext(num_classes=self.num_classes, image_shape=self.image_shape, mean=self.mean,
                            std=self.std, device=self.device, seed=self.seed, rank=self.global_rank,
-                           world_size=self.trainer.world_size, backward=self.manual_backward)
+                           world_size=self.trainer.world_size, backward=self.manual_backward,
+                           step=self._step_optimizer)
         self.synthesizer.attach(self.teacher, self.student, ctx)
         at = self.cfg.get("attention") or {}
         if at.get("beta", 0) > 0 and self._taps is None:
             pairs = list(zip(at["student"], at["teacher"]))
             self._taps = (FeatureTaps(self.student.model, list(at["student"])),
                           FeatureTaps(self.teacher.model, list(at["teacher"])), pairs)
+
+    def _step_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Step a synthesizer's optimizer through Lightning's wrapper (precision plugins, step counting:
+        checkpoints are written only when some optimizer stepped, e.g. during synthesis-only warm-up)."""
+        opts = self.optimizers()
+        for wrapped in opts if isinstance(opts, list) else [opts]:
+            if wrapped.optimizer is optimizer:
+                wrapped.step()
+                return
+        raise RuntimeError("synthesizer stepped an optimizer it did not return from optimizers()")
 
     def on_train_start(self):
         self._apply_pending_state()  # after sanity checks, so the restored RNG streams are not consumed
@@ -276,6 +288,12 @@ class DistillModule(pl.LightningModule):
         correct = self.trainer.strategy.reduce(self._val_correct, reduce_op="sum")
         total = self.trainer.strategy.reduce(self._val_total, reduce_op="sum")
         self.log("val/acc", correct / total.clamp(min=1), prog_bar=True, sync_dist=False)
+
+
+def _fingerprint(module: nn.Module) -> torch.Tensor:
+    """Per-parameter sums: under DDP every rank must hold the same student and generators (tested)."""
+    params = [p.detach().double().sum() for p in module.parameters()]
+    return torch.stack(params) if params else torch.zeros(0, dtype=torch.float64)
 
 
 def _to_cpu(obj):

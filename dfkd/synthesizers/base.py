@@ -41,6 +41,8 @@ class SynthContext:
     rank: int = 0
     world_size: int = 1
     backward: Callable[[torch.Tensor], None] = lambda loss: loss.backward()  # manual_backward under Lightning
+    # steps an optimizer from optimizers(); under Lightning through its wrapper, so the step is counted
+    step: Callable[[torch.optim.Optimizer], None] = lambda opt: opt.step()
 
 
 class Synthesizer(nn.Module):

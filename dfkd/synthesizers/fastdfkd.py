@@ -152,7 +152,7 @@ class FastDFKD(Synthesizer):
             for mp, fp in zip(meta_params, fast_params):
                 mp.grad = self.reptile_alpha * (mp.detach() - fp.detach())
         self._sync_meta_grads()
-        self.meta_opt.step()
+        self.ctx.step(self.meta_opt)
         self.meta_opt.zero_grad(set_to_none=True)
         self.bn_hooks.update_ema()
         logged = {k: float(v.detach()) for k, v in terms.items()}

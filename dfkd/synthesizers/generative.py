@@ -41,7 +41,7 @@ class GeneratorSynthesizer(Synthesizer):
         self.ctx.backward(loss)
         if self.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.generator.parameters(), self.grad_clip)
-        self.opt.step()
+        self.ctx.step(self.opt)
         if self.sched is not None:
             self.sched.step()
 

@@ -66,7 +66,7 @@ class KegNet(Synthesizer):
             loss = sum(self.w[n] * v for n, v in terms.items())
             opt.zero_grad(set_to_none=True)
             self.ctx.backward(loss)
-            opt.step()
+            self.ctx.step(opt)
             for n, v in terms.items():
                 logged[n] = logged.get(n, 0.0) + float(v.detach()) / len(self.opts)
             images.append(self.to_unit(x.detach()))
