@@ -46,7 +46,7 @@ def test_optimization_lowers_the_loss_and_keeps_the_best_batch():
     first = sum(syn.w[k] * v for k, v in syn.loss_terms(z0, targets).items() if k in syn.w).item()
     batch = syn.synthesize(0)
     assert batch.losses["total"] < first
-    z_best = (batch.images - syn._mean) / syn._std
+    z_best = (batch.images - syn.data_mean) / syn.data_std
     # re-scoring the returned batch (no jitter) gives its recorded best loss
     again = sum(syn.w[k] * v for k, v in syn.loss_terms(z_best, batch.targets).items() if k in syn.w).item()
     assert math.isclose(again, batch.losses["total"], rel_tol=1e-3, abs_tol=1e-3)

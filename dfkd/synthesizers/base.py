@@ -71,6 +71,11 @@ class Synthesizer(nn.Module):
         object.__setattr__(self, "_teacher", teacher)
         object.__setattr__(self, "_student", student)
         self.ctx = ctx
+        if not hasattr(self, "data_mean"):  # not given at construction: take it from the context
+            c = len(ctx.mean)
+            self.register_buffer("data_mean", torch.tensor(list(ctx.mean), dtype=torch.float32).view(1, c, 1, 1), persistent=False)
+            self.register_buffer("data_std", torch.tensor(list(ctx.std), dtype=torch.float32).view(1, c, 1, 1), persistent=False)
+        self.data_mean, self.data_std = self.data_mean.to(ctx.device), self.data_std.to(ctx.device)
         self.rng = torch.Generator(device=ctx.device)
         self.rng.manual_seed(int(ctx.seed) * 1000 + 17 + ctx.rank)
 

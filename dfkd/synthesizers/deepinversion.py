@@ -62,9 +62,6 @@ class DeepInversion(Synthesizer):
         super().attach(teacher, student, ctx)
         if self.bn_hooks is None:
             self.bn_hooks = BNStatHooks(teacher, self.first_bn_multiplier, sync=self.sync_bn_stats)
-        c = ctx.image_shape[0]
-        self._mean = torch.tensor(ctx.mean, device=ctx.device).view(1, c, 1, 1)
-        self._std = torch.tensor(ctx.std, device=ctx.device).view(1, c, 1, 1)
 
     def detach(self):
         if self.bn_hooks is not None:
@@ -82,7 +79,7 @@ class DeepInversion(Synthesizer):
 
     def loss_terms(self, z_jit: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every term of L for one (already jittered) batch of normalized pixels; unweighted."""
-        x01 = z_jit * self._std + self._mean
+        x01 = self.to_unit(z_jit)
         with self.bn_hooks.recording():
             t_logits = self.teacher(x01)
         terms = {"bn": self.bn_hooks.loss(), "ce": F.cross_entropy(t_logits, targets),
@@ -97,7 +94,7 @@ class DeepInversion(Synthesizer):
         c, h, w = self.ctx.image_shape
         targets = self.sample_targets(self.batch_size, self.balanced)
         z = self.randn(self.batch_size, c, h, w).requires_grad_(True)
-        lo, hi = (0 - self._mean) / self._std, (1 - self._mean) / self._std
+        lo, hi = (0 - self.data_mean) / self.data_std, (1 - self.data_mean) / self.data_std
         opt = torch.optim.Adam([z], lr=self.lr, betas=self.betas, eps=1e-8)
         best_loss, best_z, last_terms = math.inf, None, {}
 
@@ -121,7 +118,7 @@ class DeepInversion(Synthesizer):
             self.student.train(student_was_training)
 
         z_out = best_z if best_z is not None else z.detach()
-        images = (z_out * self._std + self._mean).clamp(0, 1)
+        images = self.to_unit(z_out).clamp(0, 1)
         logged = {k: float(v.detach()) for k, v in last_terms.items()}
         logged["total"] = best_loss if self.keep_best else float(total)
         return SynthBatch(images=images, targets=targets, losses=logged)
