@@ -1,10 +1,13 @@
-"""Callbacks: a whole-run progress bar with ETA, synthetic-image grids for TensorBoard, and a hard-kill hook
-used by the resume test (a real SIGKILL at a chosen iteration, nothing graceful)."""
+"""Callbacks: a whole-run progress bar with ETA, synthetic-image grids for TensorBoard, the accuracy-vs-time
+log (`curve.csv`), a wall-clock budget, and a hard-kill hook used by the resume test (a real SIGKILL at a chosen
+iteration, nothing graceful)."""
 from __future__ import annotations
 
+import csv
 import os
 import signal
 import sys
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
@@ -63,6 +66,57 @@ class ImageGridLogger(pl.Callback):
         imgs = module.last_synth.images[: self.max_images].detach().float().cpu()
         grid = torchvision.utils.make_grid(imgs, nrow=int(len(imgs) ** 0.5) or 1, padding=1)
         logger.experiment.add_image("synth/images", grid, global_step=module.iteration)
+
+
+CURVE_FIELDS = ("iteration", "fit_seconds", "images_synthesized", "heldout_acc", "when")
+
+
+def append_curve(path, iteration: int, fit_seconds: float, images: int, acc: float, when: str) -> None:
+    """One row of `curve.csv`: held-out accuracy against training time (cumulative over resumes) and images."""
+    path = Path(path)
+    new = not path.is_file()
+    with path.open("a", newline="") as f:
+        w = csv.writer(f)
+        if new:
+            w.writerow(CURVE_FIELDS)
+        w.writerow([int(iteration), f"{fit_seconds:.2f}", int(images), f"{acc:.4f}", when])
+
+
+def read_curve(path) -> list[dict]:
+    with Path(path).open() as f:
+        return [{"iteration": int(r["iteration"]), "fit_seconds": float(r["fit_seconds"]),
+                 "images_synthesized": int(r["images_synthesized"]), "heldout_acc": float(r["heldout_acc"]),
+                 "when": r["when"]} for r in csv.DictReader(f)]
+
+
+class CurveLogger(pl.Callback):
+    """After each validation (rank 0): append the held-out accuracy with the run's training seconds so far.
+    The benchmark plots accuracy against time from this file, the run's own log."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    def on_validation_end(self, trainer, module):
+        if trainer.sanity_checking or not trainer.is_global_zero or "val/acc" not in trainer.callback_metrics:
+            return
+        append_curve(self.path, module.iteration, module._fit_elapsed(),
+                     module.images_synthesized * trainer.world_size, float(trainer.callback_metrics["val/acc"]),
+                     "epoch")
+
+
+class TimeBudget(pl.Callback):
+    """Stop training once the run's training time (cumulative over resumes, the same clock as summary.json's
+    fit time) reaches `minutes`. Rank 0 decides and broadcasts, so all DDP ranks stop at the same step."""
+
+    def __init__(self, minutes: float):
+        self.seconds = float(minutes) * 60.0
+        self.stopped_early = False
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        stop = trainer.strategy.broadcast(module._fit_elapsed() >= self.seconds, src=0)
+        if stop and not trainer.should_stop:
+            trainer.should_stop = True
+            self.stopped_early = True
 
 
 class KillAt(pl.Callback):

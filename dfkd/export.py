@@ -24,24 +24,29 @@ def load_student(path: str | Path) -> torch.nn.Module:
     return load_classifier(path)
 
 
-def export_run(run_dir: str | Path, ckpt: str = "last", onnx: bool = False, torchscript: bool = False) -> Path:
+def export_run(run_dir: str | Path, ckpt: str = "last", onnx: bool = False, torchscript: bool = False,
+               weights: dict | None = None) -> Path:
+    """Write `run_dir/student.pt` from `ckpt` (or from the student `weights` given, e.g. a run's final state)."""
     run_dir = Path(run_dir)
     recipe_file, ckpt_file = run_dir / "recipe.yaml", run_dir / f"{ckpt}.ckpt"
     if not recipe_file.is_file():
         raise FileNotFoundError(f"{run_dir} is not a dfkd run folder (no recipe.yaml)")
-    if not ckpt_file.is_file():
+    if weights is None and not ckpt_file.is_file():
         raise FileNotFoundError(f"{ckpt_file} not found; available: {sorted(p.name for p in run_dir.glob('*.ckpt'))}")
     cfg = OmegaConf.load(recipe_file)
     t, s, d = cfg.teacher, cfg.student, cfg.data
     student = build_classifier(s.arch, s.get("arch_kwargs") or {}, d.num_classes, d.channels, d.image_size,
                                t.get("input_size") or d.image_size, t.get("resize", "pad"), d.mean, d.std)
-    sd = read_checkpoint(ckpt_file)["state_dict"]
-    prefix = "student.model."
-    weights = clean_state_dict({k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)})
-    student.model.load_state_dict(weights)
+    weights_given = weights is not None
+    if weights is None:
+        sd = read_checkpoint(ckpt_file)["state_dict"]
+        prefix = "student.model."
+        weights = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    student.model.load_state_dict(clean_state_dict(weights))
     meta = {"arch": s.arch, "arch_kwargs": OmegaConf.to_container(s, resolve=True).get("arch_kwargs") or {},
             "num_classes": int(d.num_classes), "in_chans": int(d.channels),
-            "recipe": OmegaConf.to_container(cfg, resolve=True), "source": str(ckpt_file)}
+            "recipe": OmegaConf.to_container(cfg, resolve=True),
+            "source": "final weights of the run" if weights_given else str(ckpt_file)}
     out = save_model_file(run_dir / "student.pt", student, meta)
     example = torch.rand(1, int(d.channels), int(d.image_size), int(d.image_size))
     student.eval()

@@ -2,7 +2,8 @@
 writes `checkpoints/<run>/summary.json` and exports the student.
 
 Runs live in `<paths.runs>/<run>/` with a stable name so `resume=true` finds `last.ckpt`:
-    recipe.yaml  last.ckpt  best.ckpt  tensorboard/  samples.png  summary.json  student.pt
+    recipe.yaml  last.ckpt  best.ckpt  tensorboard/  curve.csv  samples.png  summary.json  student.pt
+`trainer.max_minutes` stops training at a wall-clock budget (what `python -m dfkd.bench --minutes` sets).
 Everything before `trainer.fit` runs once per process under DDP (Lightning re-executes train.py for ranks
 1..N), so folder checks and writes are done by rank 0 only.
 """
@@ -22,7 +23,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from torch.utils.data import DataLoader
 
 from dfkd.augment import build_augment
-from dfkd.callbacks import ImageGridLogger, KillAt, RunProgressBar, save_image_grid
+from dfkd.callbacks import CurveLogger, ImageGridLogger, KillAt, RunProgressBar, TimeBudget, append_curve, save_image_grid
 from dfkd.checkpoint_io import build_classifier, load_weights
 from dfkd.config import to_plain
 from dfkd.data import Splits, StepDataset, build_splits
@@ -32,7 +33,7 @@ from dfkd.preprocess import Classifier
 from dfkd.synthesizers import SYNTHESIZERS
 
 RUN_ARTIFACTS = ("last.ckpt", "best.ckpt", "recipe.yaml", "summary.json", "student.pt", "samples.png",
-                 "tensorboard", "student.onnx", "student.ts")
+                 "tensorboard", "curve.csv", "student.onnx", "student.ts")
 
 
 class RunError(RuntimeError):
@@ -236,7 +237,11 @@ def distill(cfg: DictConfig) -> dict | None:
         num_classes=cfg.data.num_classes, image_shape=(cfg.data.channels, cfg.data.image_size, cfg.data.image_size),
         mean=cfg.data.mean, std=cfg.data.std, seed=cfg.seed,
         total_iterations=int(d.epochs) * int(d.iterations_per_epoch))
-    callbacks = [RunProgressBar(), ImageGridLogger(cfg.log.image_every, cfg.log.grid_size)]
+    callbacks = [RunProgressBar(), ImageGridLogger(cfg.log.image_every, cfg.log.grid_size),
+                 CurveLogger(run_dir / "curve.csv")]
+    budget = TimeBudget(cfg.trainer.max_minutes) if cfg.trainer.get("max_minutes") else None
+    if budget is not None:
+        callbacks.append(budget)
     if cfg.debug.get("kill_at_iteration") is not None:
         callbacks.append(KillAt(cfg.debug.kill_at_iteration))
     trainer = build_trainer(cfg, run_dir, callbacks, int(d.epochs))
@@ -252,7 +257,10 @@ def distill(cfg: DictConfig) -> dict | None:
     from dfkd.export import export_run
 
     student_acc = evaluate(module.student, splits.val, device=module.device)
-    export_path = export_run(run_dir)
+    append_curve(run_dir / "curve.csv", module.iteration, module.totals["fit_seconds"],
+                 int(module.totals["images_synthesized"]), student_acc, "final")
+    # the student as training left it (== last.ckpt, unless the time budget stopped it within an epoch)
+    export_path = export_run(run_dir, weights=module.student.model.state_dict())
     if module.last_synth is not None:
         save_image_grid(module.last_synth.images, run_dir / "samples.png")
     summary = {
@@ -271,6 +279,9 @@ def distill(cfg: DictConfig) -> dict | None:
         "synthesis_time_s": module.totals["synth_seconds"],
         "images_synthesized": int(module.totals["images_synthesized"]),
         "iterations": module.iteration, "epochs": trainer.current_epoch,
+        "planned_iterations": int(d.epochs) * int(d.iterations_per_epoch),
+        "budget_minutes": cfg.trainer.get("max_minutes"),
+        "stopped_by_budget": bool(budget is not None and budget.stopped_early),
         "kd_steps": module.iteration * int(d.kd_steps),
         "device": device_of(trainer), "world_size": trainer.world_size,
         "versions": versions(), "exported_student": str(export_path),
@@ -287,6 +298,7 @@ def report(s: dict, run_dir: Path) -> str:
             f"student held-out acc  {s['student']['heldout_acc']:.4f}  ({s['student']['arch']}, "
             f"{s['student']['params']:,} params, {s['compression_ratio']:.1f}x smaller)\n"
             f"images synthesized    {s['images_synthesized']:,} in {s['synthesis_time_s']:.0f} s of synthesis\n"
-            f"wall time             {s['wall_time_s']:.0f} s ({s['iterations']} iterations)\n"
+            f"wall time             {s['wall_time_s']:.0f} s ({s['iterations']} iterations"
+            f"{', stopped by the time budget' if s.get('stopped_by_budget') else ''})\n"
             f"summary               {run_dir / 'summary.json'}\n"
             f"exported student      {s['exported_student']}  (dfkd.load_student(path))\n")

@@ -1,0 +1,267 @@
+"""Benchmark: every embedded recipe under the same conditions, one table and one plot.
+
+    python -m dfkd.bench                          # every embedded distillation recipe, seed 0, full recipes
+    python -m dfkd.bench --minutes 10             # stop each method at the same 10-minute training budget
+    python -m dfkd.bench dafl_lenet dfad_lenet --seeds 0 1 2
+    python -m dfkd.bench --throughput             # synthesis / distillation speed at paper scale (dfkd.throughput)
+
+Each (recipe, seed) is a separate `python -m dfkd.cli recipe=... seed=...` process (a crash or a divergence
+costs that run only; its log is kept in `<out>/logs/`). Results come from each run's own files: summary.json
+for the figures and curve.csv (held-out accuracy after every epoch, with the training seconds so far) for the
+accuracy-vs-time plot. Writes, after every run (an interrupted benchmark keeps what it measured):
+
+    <out>/results.md   <out>/results.csv   <out>/accuracy_vs_time.png   <out>/runs/<recipe>_s<seed>/
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import math
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from dfkd.callbacks import read_curve
+
+CSV_FIELDS = ("recipe", "synthesizer", "seed", "status", "teacher", "student", "teacher_acc", "student_acc",
+              "student_over_teacher", "initial_student_acc", "wall_time_s", "fit_time_s", "synthesis_time_s",
+              "images_synthesized", "iterations", "planned_iterations", "stopped_by_budget", "student_params",
+              "compression_ratio", "device", "log")
+
+# Published numbers (METHODS.md section 2), shown beside the measurements for orientation only: other data,
+# other teachers, GPU-hours of synthesis as printed by the FastDFKD paper (Source A) unless noted.
+PUBLISHED = [
+    # method, setting, teacher, student, note
+    ("DeepInversion (DeepInv-2k)", "CIFAR-10 ResNet-34 -> ResNet-18", 95.70, 93.26, "42.1 h synthesis"),
+    ("DAFL", "CIFAR-10 ResNet-34 -> ResNet-18", 95.58, 92.22, "DAFL paper Table 3"),
+    ("ZSKT", "CIFAR-10 WRN-40-2 -> WRN-16-1", 95.13, 83.69, "ZSKT paper Fig. 2 data"),
+    ("DFAD", "CIFAR-10 ResNet-34-8x -> ResNet-18-8x", 95.5, 93.3, "DFAD paper Table 2"),
+    ("FastDFKD (Fast-10)", "CIFAR-10 ResNet-34 -> ResNet-18", 95.70, 94.05, "0.28 h synthesis"),
+    ("FastDFKD (Fast-2)", "CIFAR-10 WRN-40-2 -> WRN-16-1", 94.87, 88.36, "0.03 h synthesis"),
+    ("DAFL", "MNIST LeNet-5 -> LeNet-5-half", 98.91, 98.20, "DAFL paper Table 1"),
+    ("DFAD", "MNIST LeNet-5 -> LeNet-5-half", 98.9, 98.3, "DFAD paper Table 2"),
+    ("KegNet", "SVHN ResNet-14 -> Tucker ResNet-14 (1.65x)", 93.23, 87.26, "KegNet paper"),
+]
+
+
+def embedded_recipes() -> list[str]:
+    """Distillation recipes that run on the embedded data with no plug-ins (the plug-in example is excluded)."""
+    from dfkd.config import compose, list_recipes
+
+    names = []
+    for name in list_recipes():
+        cfg = compose(name)
+        if cfg.task == "distill" and cfg.data.name == "mnist_embedded" and not cfg.get("plugins"):
+            names.append(name)
+    return names
+
+
+def run_one(recipe: str, seed: int, out: Path, minutes: float | None, overrides: list[str]) -> dict:
+    """One training process; returns its row of results.csv."""
+    name = f"{recipe}_s{seed}"
+    log = out / "logs" / f"{name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    runs = out / "runs"
+    cmd = [sys.executable, "-m", "dfkd.cli", f"recipe={recipe}", f"run={name}", f"seed={seed}",
+           f"paths.runs={runs}", "overwrite=true", *overrides]
+    if minutes is not None:
+        cmd.append(f"trainer.max_minutes={minutes}")
+    t0 = time.perf_counter()
+    with log.open("w") as f:
+        f.write(" ".join(cmd) + "\n")
+        f.flush()
+        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
+    row = {"recipe": recipe, "seed": seed, "log": str(log), "wall_time_s": round(time.perf_counter() - t0, 1)}
+    summary_file = runs / name / "summary.json"
+    if rc != 0 or not summary_file.is_file():
+        row["status"] = f"failed (exit {rc}, see log)"
+        return row
+    s = json.loads(summary_file.read_text())
+    t, st = s["teacher"], s["student"]
+    row.update({
+        "synthesizer": s["synthesizer"], "status": "ok", "teacher": t["arch"], "student": st["arch"],
+        "teacher_acc": t["heldout_acc"], "student_acc": st["heldout_acc"],
+        "student_over_teacher": st["heldout_acc"] / t["heldout_acc"] if t["heldout_acc"] else None,
+        "initial_student_acc": st.get("initial_heldout_acc"), "wall_time_s": round(s["wall_time_s"], 1),
+        "fit_time_s": round(s["fit_time_s_total"], 1), "synthesis_time_s": round(s["synthesis_time_s"], 1),
+        "images_synthesized": s["images_synthesized"], "iterations": s["iterations"],
+        "planned_iterations": s.get("planned_iterations"), "stopped_by_budget": s.get("stopped_by_budget", False),
+        "student_params": st["params"], "compression_ratio": round(s["compression_ratio"], 2),
+        "device": s["device"]})
+    return row
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    m = sum(values) / len(values)
+    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return m, sd
+
+
+def aggregate(rows: list[dict]) -> list[dict]:
+    """Per recipe: mean and spread (sample std over seeds) of the measured figures."""
+    out = []
+    for recipe in dict.fromkeys(r["recipe"] for r in rows):
+        ok = [r for r in rows if r["recipe"] == recipe and r.get("status") == "ok"]
+        failed = sum(1 for r in rows if r["recipe"] == recipe and r.get("status") != "ok")
+        if not ok:
+            out.append({"recipe": recipe, "runs": 0, "failed": failed})
+            continue
+        agg = {"recipe": recipe, "runs": len(ok), "failed": failed, "synthesizer": ok[0]["synthesizer"],
+               "pair": f"{ok[0]['teacher']} -> {ok[0]['student']}", "student_params": ok[0]["student_params"],
+               "compression_ratio": ok[0]["compression_ratio"], "device": ok[0]["device"],
+               "stopped_by_budget": sum(bool(r["stopped_by_budget"]) for r in ok)}
+        for key in ("teacher_acc", "student_acc", "student_over_teacher", "initial_student_acc", "wall_time_s",
+                    "fit_time_s", "synthesis_time_s", "images_synthesized"):
+            vals = [float(r[key]) for r in ok if r.get(key) is not None]
+            agg[key] = mean_std(vals) if vals else (float("nan"), 0.0)
+        out.append(agg)
+    return out
+
+
+def _pm(ms: tuple[float, float], scale: float = 1.0, fmt: str = "{:.1f}") -> str:
+    m, sd = ms
+    if math.isnan(m):
+        return "-"
+    return fmt.format(m * scale) + (f" ± {fmt.format(sd * scale)}" if sd else "")
+
+
+def write_markdown(path: Path, rows: list[dict], args, command: str, started: str, elapsed: float) -> None:
+    agg = aggregate(rows)
+    seeds = sorted({r["seed"] for r in rows})
+    device = next((a["device"] for a in agg if a.get("device")), "?")
+    budget = f"{args.minutes:g} minutes of training per run" if args.minutes else "none (every recipe runs in full)"
+    lines = [
+        "# dfkd benchmark", "",
+        f"- command: `{command}`",
+        f"- started {started}, whole command {elapsed / 60:.1f} min; device: {device}; python {platform.python_version()}",
+        f"- budget: {budget}; seeds: {', '.join(map(str, seeds))} (mean ± sample std over seeds)",
+        "- accuracy: top-1 on the 1,000 real MNIST digits held out of the embedded set (100 a class, never used "
+        "for training or model selection); the exported student is the run's final one",
+        "",
+        "| recipe | method | teacher -> student | teacher acc % | student acc % | student / teacher | "
+        "before distillation % | wall time s | synthesis s | images synthesized | student params | compression | "
+        "stopped by budget |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for a in agg:
+        if not a["runs"]:
+            lines.append(f"| {a['recipe']} | failed ({a['failed']} runs, see logs/) |" + " |" * 11)
+            continue
+        lines.append(
+            f"| {a['recipe']} | {a['synthesizer']} | {a['pair']} | {_pm(a['teacher_acc'], 100)} | "
+            f"**{_pm(a['student_acc'], 100)}** | {_pm(a['student_over_teacher'], 1, '{:.3f}')} | "
+            f"{_pm(a['initial_student_acc'], 100)} | {_pm(a['wall_time_s'], 1, '{:.0f}')} | "
+            f"{_pm(a['synthesis_time_s'], 1, '{:.0f}')} | {_pm(a['images_synthesized'], 1, '{:,.0f}')} | "
+            f"{a['student_params']:,} | {a['compression_ratio']:.1f}x | {a['stopped_by_budget']}/{a['runs']} |")
+    lines += ["", "![accuracy against training time](accuracy_vs_time.png)", "",
+              "## Published results (for reference; not measured by dfkd)", "",
+              "Reported by the papers or the FastDFKD/CMI READMEs (METHODS.md section 2) on other data, teachers "
+              "and hardware: orientation only, not comparable with the table above.", "",
+              "| method | setting | teacher % | student % | note |", "|---|---|---|---|---|"]
+    lines += [f"| {m} | {s} | {t:.2f} | {st:.2f} | {n} |" for m, s, t, st, n in PUBLISHED]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+
+
+def plot(path: Path, rows: list[dict], out: Path, minutes: float | None) -> None:
+    """Held-out accuracy against training minutes, from each run's curve.csv: one colour per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    recipes = list(dict.fromkeys(r["recipe"] for r in rows))
+    for i, recipe in enumerate(recipes):
+        labelled = False
+        for r in rows:
+            curve_file = out / "runs" / f"{recipe}_s{r['seed']}" / "curve.csv"
+            if r["recipe"] != recipe or r.get("status") != "ok" or not curve_file.is_file():
+                continue
+            pts = read_curve(curve_file)
+            ax.plot([p["fit_seconds"] / 60 for p in pts], [100 * p["heldout_acc"] for p in pts], marker=".",
+                    color=colors[i % len(colors)], label=None if labelled else recipe, alpha=0.9)
+            labelled = True
+    if minutes:
+        ax.axvline(minutes, color="grey", linestyle="--", linewidth=1, label=f"budget {minutes:g} min")
+    ax.set_xlabel("training time (minutes)")
+    ax.set_ylabel("student accuracy on held-out real digits (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title("dfkd: student accuracy against time")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_bench(args, command: str) -> int:
+    from dfkd.config import list_recipes
+
+    recipes = args.recipes or embedded_recipes()
+    unknown = [r for r in recipes if r not in list_recipes()]
+    if unknown:
+        print(f"error: unknown recipe(s) {unknown}; `python train.py --help` lists them", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started, t0 = dt.datetime.now().isoformat(timespec="seconds"), time.perf_counter()
+    jobs = [(r, s) for r in recipes for s in args.seeds]
+    rows: list[dict] = []
+    for i, (recipe, seed) in enumerate(jobs, 1):
+        print(f"[{i}/{len(jobs)}] {recipe} seed {seed} ... (log: {out / 'logs' / f'{recipe}_s{seed}.log'})",
+              flush=True)
+        row = run_one(recipe, seed, out, args.minutes, args.set)
+        rows.append(row)
+        if row["status"] == "ok":
+            print(f"      student {100 * row['student_acc']:.1f} % (teacher {100 * row['teacher_acc']:.1f} %) "
+                  f"in {row['wall_time_s']:.0f} s, {row['images_synthesized']:,} images"
+                  f"{', stopped by the budget' if row['stopped_by_budget'] else ''}", flush=True)
+        else:
+            print(f"      {row['status']}: {row['log']}", flush=True)
+        write_csv(out / "results.csv", rows)
+        write_markdown(out / "results.md", rows, args, command, started, time.perf_counter() - t0)
+        plot(out / "accuracy_vs_time.png", rows, out, args.minutes)
+    print(f"\nwrote {out / 'results.md'}, {out / 'results.csv'}, {out / 'accuracy_vs_time.png'} "
+          f"({(time.perf_counter() - t0) / 60:.1f} min)")
+    print((out / "results.md").read_text())
+    return 0 if all(r["status"] == "ok" for r in rows) else 1
+
+
+def cli(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m dfkd.bench", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap.add_argument("recipes", nargs="*", help="recipes to run (default: every embedded distillation recipe)")
+    ap.add_argument("--minutes", type=float, default=None,
+                    help="training budget per run, the same for every method (default: run each recipe in full)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds to repeat each recipe with")
+    ap.add_argument("--out", default="bench", help="output folder (default: bench/)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="overrides applied to every run (e.g. trainer.accelerator=cpu)")
+    ap.add_argument("--throughput", action="store_true",
+                    help="measure synthesis and distillation speed at paper scale instead (see dfkd.throughput)")
+    ap.add_argument("--full", action="store_true", help="with --throughput: the full version even on a CPU")
+    args = ap.parse_args(argv)
+    if args.minutes is not None and args.minutes <= 0:
+        ap.error("--minutes must be positive")
+    command = "python -m dfkd.bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.throughput:
+        from dfkd.throughput import run_throughput
+
+        return run_throughput(Path(args.out), full=args.full, command=command)
+    return run_bench(args, command.strip())
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

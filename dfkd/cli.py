@@ -1,0 +1,45 @@
+"""dfkd's command line (`python train.py ...` and `python -m dfkd.cli ...` are the same command).
+
+    python train.py recipe=deepinversion_resnet [key=value ...] [group=option ...]
+    python train.py recipe=deepinversion_resnet run=my_run resume=true
+    python train.py --help | recipe=list
+"""
+from __future__ import annotations
+
+import sys
+
+
+def _usage() -> str:
+    from dfkd.config import list_recipes, recipe_description
+
+    lines = [__doc__.strip(), "", "recipes:"]
+    lines += [f"  {r:<34} {recipe_description(r)}" for r in list_recipes()]
+    lines += ["", "common overrides: run=NAME resume=true overwrite=true seed=N trainer.devices=N "
+              "synthesizer.iterations=N distill.epochs=N student=<option> data=<option>"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    recipes = [a.split("=", 1)[1] for a in argv if a.startswith("recipe=")]
+    overrides = [a for a in argv if not a.startswith("recipe=")]
+    if any(a in ("-h", "--help") for a in argv) or recipes == ["list"]:
+        print(_usage())
+        return 0
+    if len(recipes) != 1:
+        print("error: say which recipe to run, once: python train.py recipe=NAME\n\n" + _usage(), file=sys.stderr)
+        return 2
+    from dfkd.config import ConfigError, compose
+    from dfkd.distill import DivergenceError
+    from dfkd.run import RunError, main as run_main
+
+    try:
+        cfg = compose(recipes[0], overrides)
+        run_main(cfg)
+    except (ConfigError, RunError, DivergenceError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,114 @@
+"""The benchmark: aggregation by hand, the time budget, and a whole `python -m dfkd.bench` on tiny budgets that
+must write the table, the CSV and the plot; throughput measurement on a tiny batch."""
+import csv
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from dfkd.bench import aggregate, embedded_recipes, mean_std
+from dfkd.callbacks import read_curve
+from dfkd.export import load_student
+
+from tests.test_run import LOOP, ROOT, SMALL, train
+
+
+def test_mean_std_by_hand():
+    assert mean_std([0.9]) == (0.9, 0.0)
+    m, sd = mean_std([0.8, 0.9, 1.0])
+    assert m == pytest.approx(0.9)
+    assert sd == pytest.approx(math.sqrt((0.01 + 0 + 0.01) / 2))  # sample std, n - 1
+
+
+def test_aggregate_keeps_failures_and_averages_seeds():
+    base = {"synthesizer": "dafl", "teacher": "lenet5", "student": "lenet5_half", "student_params": 10,
+            "compression_ratio": 4.0, "device": "cpu", "teacher_acc": 0.98, "initial_student_acc": 0.1,
+            "wall_time_s": 10, "fit_time_s": 9, "synthesis_time_s": 5, "images_synthesized": 100}
+    rows = [{**base, "recipe": "a", "seed": 0, "status": "ok", "student_acc": 0.8, "student_over_teacher": 0.8 / 0.98,
+             "stopped_by_budget": True},
+            {**base, "recipe": "a", "seed": 1, "status": "ok", "student_acc": 0.9, "student_over_teacher": 0.9 / 0.98,
+             "stopped_by_budget": False},
+            {"recipe": "b", "seed": 0, "status": "failed (exit 2, see log)"}]
+    a, b = aggregate(rows)
+    assert a["runs"] == 2 and a["failed"] == 0 and a["stopped_by_budget"] == 1
+    assert a["student_acc"][0] == pytest.approx(0.85)
+    assert a["student_acc"][1] == pytest.approx(math.sqrt(0.005))
+    assert b == {"recipe": "b", "runs": 0, "failed": 1}
+
+
+def test_embedded_recipes_are_the_cpu_distillation_recipes():
+    names = embedded_recipes()
+    assert {"deepinversion_resnet", "dafl_lenet", "kegnet_lenet", "zskt_wrn", "dfad_lenet",
+            "fastdfkd_resnet"} <= set(names)
+    assert not any(n.startswith("teacher_") or "cifar" in n or n.startswith("example_") for n in names)
+
+
+@pytest.mark.slow
+def test_time_budget_stops_the_run_and_exports_its_final_student(tmp_path):
+    loop = [o for o in LOOP if not o.startswith(("distill.epochs=", "distill.iterations_per_epoch="))]
+    out = train(tmp_path, "dafl_lenet", "run=b", *loop, *SMALL["dafl"], "distill.epochs=50",
+                "distill.iterations_per_epoch=20", "trainer.max_minutes=0.02")
+    s = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert s["stopped_by_budget"] is True and s["budget_minutes"] == 0.02
+    assert 0 < s["iterations"] < s["planned_iterations"] == 1000
+    assert s["fit_time_s_total"] >= 0.02 * 60
+    assert "stopped by the time budget" in out.stdout
+    curve = read_curve(tmp_path / "b" / "curve.csv")
+    assert curve[-1]["when"] == "final" and curve[-1]["iteration"] == s["iterations"]
+    assert curve[-1]["heldout_acc"] == pytest.approx(s["student"]["heldout_acc"], abs=1e-4)
+    # the exported student is the one that was scored, not the last end-of-epoch checkpoint
+    from dfkd.data import embedded_mnist_splits
+
+    val = embedded_mnist_splits().val
+    x = torch.stack([val[i][0] for i in range(len(val))])
+    y = torch.tensor([val[i][1] for i in range(len(val))])
+    with torch.no_grad():
+        acc = (load_student(tmp_path / "b").eval()(x).argmax(1) == y).float().mean().item()
+    assert acc == pytest.approx(s["student"]["heldout_acc"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_bench_command_writes_table_csv_and_plot(tmp_path):
+    tiny = [*LOOP, "synthesizer.batch_size=8", "synthesizer.ngf=4"]  # valid for both generator methods
+    cmd = [sys.executable, "-m", "dfkd.bench", "dafl_lenet", "dfad_lenet", "--seeds", "0", "1", "--minutes", "5",
+           "--out", str(tmp_path / "bench"), "--set", *tiny]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    bench = tmp_path / "bench"
+    with (bench / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["recipe"], r["seed"], r["status"]) for r in rows] == [
+        ("dafl_lenet", "0", "ok"), ("dafl_lenet", "1", "ok"), ("dfad_lenet", "0", "ok"), ("dfad_lenet", "1", "ok")]
+    for r in rows:
+        run = bench / "runs" / f"{r['recipe']}_s{r['seed']}"
+        summary = json.loads((run / "summary.json").read_text())
+        assert float(r["student_acc"]) == summary["student"]["heldout_acc"]
+        assert int(r["images_synthesized"]) == summary["images_synthesized"] > 0
+        assert summary["budget_minutes"] == 5.0 and summary["seed"] == int(r["seed"])
+        assert len(read_curve(run / "curve.csv")) == 3  # two epochs and the final score
+    md = (bench / "results.md").read_text()
+    assert "| dafl_lenet | dafl | lenet5 -> lenet5_half |" in md and "| dfad_lenet | dfad |" in md
+    assert "Published results (for reference; not measured by dfkd)" in md
+    assert "seeds: 0, 1" in md and "budget: 5 minutes" in md
+    png = (bench / "accuracy_vs_time.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_bench_rejects_unknown_recipe(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "dfkd.bench", "nope", "--out", str(tmp_path)], capture_output=True,
+                         text=True, cwd=ROOT)
+    assert res.returncode == 2 and "unknown recipe" in res.stderr
+
+
+@pytest.mark.parametrize("method", ["deepinversion", "fastdfkd (Fast-2)", "dafl"])
+def test_throughput_measures_paper_scale_methods(method):
+    from dfkd.throughput import measure
+
+    row = measure(method, torch.device("cpu"), "fp32", synth_batch=2, kd_batch=2, calls=1, di_iters=1)
+    assert row["synth_batch"] == 2 and row["kd_batch"] == 2
+    assert row["synth_images_per_s"] > 0 and row["kd_steps_per_s"] > 0
+    if method == "deepinversion":
+        assert row["synth_note"] == "extrapolated from 1 of 2000 steps"
