@@ -60,6 +60,14 @@ def embedded_recipes() -> list[str]:
     return names
 
 
+def describe(model: dict) -> str:
+    """`resnet8(width=0.5)`, `tucker(lenet5: conv3)`: the architecture with the arguments that set its size."""
+    kw = model.get("arch_kwargs") or {}
+    if model["arch"] == "tucker":
+        return f"tucker({kw.get('base')}: {', '.join(kw.get('layers', []))})"
+    return model["arch"] + (f"({', '.join(f'{k}={v}' for k, v in kw.items())})" if kw else "")
+
+
 def run_one(recipe: str, seed: int, out: Path, minutes: float | None, overrides: list[str]) -> dict:
     """One training process; returns its row of results.csv."""
     name = f"{recipe}_s{seed}"
@@ -83,7 +91,7 @@ def run_one(recipe: str, seed: int, out: Path, minutes: float | None, overrides:
     s = json.loads(summary_file.read_text())
     t, st = s["teacher"], s["student"]
     row.update({
-        "synthesizer": s["synthesizer"], "status": "ok", "teacher": t["arch"], "student": st["arch"],
+        "synthesizer": s["synthesizer"], "status": "ok", "teacher": describe(t), "student": describe(st),
         "teacher_acc": t["heldout_acc"], "student_acc": st["heldout_acc"],
         "student_over_teacher": st["heldout_acc"] / t["heldout_acc"] if t["heldout_acc"] else None,
         "initial_student_acc": st.get("initial_heldout_acc"), "wall_time_s": round(s["wall_time_s"], 1),
