@@ -10,7 +10,8 @@ f_T is taken by a forward hook on the input of `feature_layer` (default: the tea
 special forward signature. The student is distilled (KL, tau = 1 in the paper) on the same G(z), detached: one
 generator step to one student step. The generator is the paper's (Linear -> 2 x [up, conv, BN, LReLU] -> conv ->
 Tanh -> BN(affine=False)); `bn_eps=0.8` reproduces the reference code's `BatchNorm2d(128, 0.8)` quirk.
-Defaults: the paper's MNIST settings (batch 512, latent 100, Adam lr_G 0.2, oh 1, ie 5, a 0.1).
+Defaults: the paper's MNIST settings (batch 512, latent 100, Adam lr_G 0.2, oh 1, ie 5, a 0.1); `cosine_steps`
+(off by default, not in the paper) decays lr_G over that many generator steps.
 """
 from __future__ import annotations
 
@@ -42,8 +43,9 @@ def one_hot_loss(logits: torch.Tensor) -> torch.Tensor:
 class DAFL(GeneratorSynthesizer):
     def __init__(self, batch_size: int = 512, nz: int = 100, ngf: int = 64, lr: float = 0.2,
                  betas=(0.5, 0.999), oh: float = 1.0, ie: float = 5.0, a: float = 0.1,
-                 feature_layer: str | None = None, bn_eps: float = 0.8, **data):
-        super().__init__(batch_size, nz=nz, ngf=ngf, head="tanh_bn", bn_eps=bn_eps, lr=lr, betas=betas, **data)
+                 feature_layer: str | None = None, bn_eps: float = 0.8, cosine_steps: int | None = None, **data):
+        super().__init__(batch_size, nz=nz, ngf=ngf, head="tanh_bn", bn_eps=bn_eps, lr=lr, betas=betas,
+                         cosine_steps=cosine_steps, **data)
         self.w = {"oh": oh, "ie": ie, "a": a}
         self.feature_layer = feature_layer
         self.taps: FeatureTaps | None = None
