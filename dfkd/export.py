@@ -37,7 +37,7 @@ def export_run(run_dir: str | Path, ckpt: str = "last", onnx: bool = False, torc
     t, s, d = cfg.teacher, cfg.student, cfg.data
     student = build_classifier(s.arch, s.get("arch_kwargs") or {}, d.num_classes, d.channels, d.image_size,
                                t.get("input_size") or d.image_size, t.get("resize", "pad"), d.mean, d.std)
-    weights_given = weights is not None
+    source = "final weights of the run" if weights is not None else str(ckpt_file)
     if weights is None:
         sd = read_checkpoint(ckpt_file)["state_dict"]
         prefix = "student.model."
@@ -46,7 +46,7 @@ def export_run(run_dir: str | Path, ckpt: str = "last", onnx: bool = False, torc
     meta = {"arch": s.arch, "arch_kwargs": OmegaConf.to_container(s, resolve=True).get("arch_kwargs") or {},
             "num_classes": int(d.num_classes), "in_chans": int(d.channels),
             "recipe": OmegaConf.to_container(cfg, resolve=True),
-            "source": "final weights of the run" if weights_given else str(ckpt_file)}
+            "source": source}
     out = save_model_file(run_dir / "student.pt", student, meta)
     example = torch.rand(1, int(d.channels), int(d.image_size), int(d.image_size))
     student.eval()

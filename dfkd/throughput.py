@@ -57,6 +57,7 @@ def _timed(fn, n: int, device: torch.device) -> float:
 def measure(method: str, device: torch.device, variant: str, synth_batch: int | None, kd_batch: int,
             calls: int, di_iters: int) -> dict:
     from dfkd.config import compose, to_plain
+    from dfkd.losses import KD_LOSSES
     from dfkd.run import build_student, build_teacher
     from dfkd.synthesizers import SYNTHESIZERS
     from dfkd.synthesizers.base import SynthContext
@@ -111,8 +112,7 @@ def measure(method: str, device: torch.device, variant: str, synth_batch: int | 
             with torch.no_grad():
                 t = teacher(x)
             s = s_forward(x)
-            loss = torch.nn.functional.kl_div(torch.log_softmax(s.float() / tau, 1),
-                                              torch.softmax(t.float() / tau, 1), reduction="batchmean")
+            loss = KD_LOSSES[cfg.distill.kd_loss](s.float(), t.float(), tau)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
