@@ -188,3 +188,24 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_pa
     ck = load_ckpt(tmp_path / "nan" / "last.ckpt")
     assert ck["dfkd"]["iteration"] == 2
     assert all(torch.isfinite(v).all() for v in ck["state_dict"].values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("recipe, teacher_calls_per_iteration", [("zskt_wrn", 1 + 1), ("dfad_lenet", 1 + 3)])
+def test_teacher_scores_a_repeated_pseudo_batch_once(tmp_path, monkeypatch, recipe, teacher_calls_per_iteration):
+    """ZSKT takes kd_steps student steps on one pseudo-batch: the frozen teacher's logits are computed once per
+    pseudo-batch (plus the synthesizer's own call); DFAD draws fresh images for every step, so it scores each."""
+    import dfkd.distill as distill
+
+    calls = []
+    fit_start = distill.DistillModule.on_fit_start
+
+    def counting(self):
+        fit_start(self)
+        self.teacher.register_forward_hook(lambda m, i, o: calls.append(self.iteration) if self.training else None)
+
+    monkeypatch.setattr(distill.DistillModule, "on_fit_start", counting)
+    name = compose(recipe).synthesizer.name
+    cfg = compose(recipe, [f"paths.runs={tmp_path}", "run=cached", *LOOP, *SMALL[name], "distill.kd_steps=3"])
+    main(cfg)
+    assert len(calls) == 4 * teacher_calls_per_iteration
+    assert sorted(set(calls)) == [0, 1, 2, 3]

@@ -7,7 +7,8 @@ METHODS.md 1.4.
 One pseudo-batch (fixed z) gets one generator step, then `distill.kd_steps` (10 in the paper) student steps on
 G(z) from the updated generator. Attention transfer is the distillation loop's `distill.attention` option
 (hooks on block outputs addressed by module path, beta 250). Both optimizers Adam with cosine schedules, gradient
-norms clipped at 5. Generator: DAFL trunk ending in BN(affine=True), no Tanh (its output is normalized space).
+norms clipped at 5. Generator: DAFL trunk ending in BN(affine=True), no Tanh (its output is normalized space);
+`head="tanh_bn"` bounds the images with DFAD's Tanh -> BN(affine=False) head instead.
 """
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ from dfkd.synthesizers.generative import GeneratorSynthesizer
 @SYNTHESIZERS.register("zskt")
 class ZSKT(GeneratorSynthesizer):
     def __init__(self, batch_size: int = 128, nz: int = 100, ngf: int = 64, lr: float = 1e-3, betas=(0.9, 0.999),
-                 grad_clip: float = 5.0, cosine_steps: int | None = None, **data):
-        super().__init__(batch_size, nz=nz, ngf=ngf, head="bn", lr=lr, betas=betas, grad_clip=grad_clip,
+                 grad_clip: float = 5.0, cosine_steps: int | None = None, head: str = "bn", **data):
+        super().__init__(batch_size, nz=nz, ngf=ngf, head=head, lr=lr, betas=betas, grad_clip=grad_clip,
                          cosine_steps=cosine_steps, **data)
 
     def synthesize(self, step: int) -> SynthBatch:
