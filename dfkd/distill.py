@@ -14,6 +14,7 @@ never saved: `state_dict()` drops it and the recipe points at its checkpoint.
 """
 from __future__ import annotations
 
+import copy
 import time
 
 import pytorch_lightning as pl
@@ -21,6 +22,7 @@ import torch
 import torch.nn as nn
 
 from dfkd.bank import SampleBank
+from dfkd.ema import ema_update
 from dfkd.hooks import FeatureTaps
 from dfkd.losses import KD_LOSSES, attention_transfer
 from dfkd.synthesizers.base import SynthContext, Synthesizer
@@ -63,6 +65,9 @@ class DistillModule(pl.LightningModule):
         self.strict_loading = False  # the teacher is not in checkpoints
         self.teacher = teacher.eval().requires_grad_(False)
         self.student = student
+        # `distill.ema_decay`: an average of the student's weights is scored and exported (dfkd/ema.py)
+        self.ema_decay = distill.get("ema_decay")
+        self.student_ema = copy.deepcopy(student).eval().requires_grad_(False) if self.ema_decay else None
         self.synthesizer = synthesizer
         self.augment = augment
         self.cfg = dict(distill)
@@ -271,6 +276,8 @@ class DistillModule(pl.LightningModule):
                 self.clip_gradients(opt, gradient_clip_val=self.cfg["grad_clip"], gradient_clip_algorithm="norm")
             opt.step()
         sched.step()
+        if self.student_ema is not None:
+            ema_update(self.student_ema, self.student, self.ema_decay, self.iteration)
         self.iteration += 1
         agree = (s_logits.argmax(1) == t_logits.argmax(1)).float().mean()
         self.log("train/kd_loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=False)
@@ -279,20 +286,28 @@ class DistillModule(pl.LightningModule):
         return loss.detach()
 
     # -- validation on real held-out images -----------------------------------------------------------
+    @property
+    def scored_student(self) -> nn.Module:
+        """The student that validation scores and the run exports: the weight average when `ema_decay` is set."""
+        return self.student_ema if self.student_ema is not None else self.student
+
     def on_validation_epoch_start(self):
-        self._val_correct = torch.zeros((), device=self.device)
+        self._val_correct = torch.zeros(2, device=self.device)  # scored student, raw student
         self._val_total = torch.zeros((), device=self.device)
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
-        pred = self.student(x).argmax(1)
-        self._val_correct += (pred == y).sum()
+        self._val_correct[0] += (self.scored_student(x).argmax(1) == y).sum()
+        if self.student_ema is not None:
+            self._val_correct[1] += (self.student(x).argmax(1) == y).sum()
         self._val_total += y.numel()
 
     def on_validation_epoch_end(self):
         correct = self.trainer.strategy.reduce(self._val_correct, reduce_op="sum")
-        total = self.trainer.strategy.reduce(self._val_total, reduce_op="sum")
-        self.log("val/acc", correct / total.clamp(min=1), prog_bar=True, sync_dist=False)
+        total = self.trainer.strategy.reduce(self._val_total, reduce_op="sum").clamp(min=1)
+        self.log("val/acc", correct[0] / total, prog_bar=True, sync_dist=False)
+        if self.student_ema is not None:
+            self.log("val/acc_raw_student", correct[1] / total, sync_dist=False)
 
 
 def _fingerprint(module: nn.Module) -> torch.Tensor:

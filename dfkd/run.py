@@ -256,11 +256,12 @@ def distill(cfg: DictConfig) -> dict | None:
         return None
     from dfkd.export import export_run
 
-    student_acc = evaluate(module.student, splits.val, device=module.device)
+    scored = module.scored_student  # the student, or its weight average with distill.ema_decay
+    student_acc = evaluate(scored, splits.val, device=module.device)
     append_curve(run_dir / "curve.csv", module.iteration, module.totals["fit_seconds"],
                  int(module.totals["images_synthesized"]), student_acc, "final")
     # the student as training left it (== last.ckpt, unless the time budget stopped it within an epoch)
-    export_path = export_run(run_dir, weights=module.student.model.state_dict())
+    export_path = export_run(run_dir, weights=scored.model.state_dict())
     if module.last_synth is not None:
         save_image_grid(module.last_synth.images, run_dir / "samples.png")
     summary = {

@@ -25,11 +25,11 @@ CASES = {
 }
 
 
-def build(name, rank=0, seed=0):
+def build(name, rank=0, seed=0, **overrides):
     teacher, student, ctx = tiny_pair(seed=seed)
     ctx.rank = rank
     torch.manual_seed(123)  # identical generator init on every "rank", as DDP's broadcast guarantees
-    syn = SYNTHESIZERS.build(name, **CASES[name], **DATA)
+    syn = SYNTHESIZERS.build(name, **{**CASES[name], **overrides}, **DATA)
     syn.attach(teacher, student, ctx)
     return syn, teacher, student
 
@@ -68,6 +68,18 @@ def test_generator_optimizers_are_exposed_for_lightning(name):
     assert opts, f"{name} must hand its optimizers to Lightning (checkpointing, DDP)"
     owned = {id(p) for o in opts for g in o["optimizer"].param_groups for p in g["params"]}
     assert owned and owned <= {id(p) for p in syn.parameters()}
+
+
+@pytest.mark.parametrize("name", ["dafl", "dfad", "zskt"])
+def test_cosine_steps_decays_the_generator_lr_to_zero(name):
+    syn, *_ = build(name, cosine_steps=4)
+    lr0 = syn.opt.param_groups[0]["lr"]
+    seen = []
+    for step in range(4):
+        syn.synthesize(step)
+        seen.append(syn.opt.param_groups[0]["lr"])
+    expected = [lr0 * (1 + math.cos(math.pi * k / 4)) / 2 for k in range(1, 5)]
+    assert seen == pytest.approx(expected, abs=1e-12) and seen[-1] == pytest.approx(0.0, abs=1e-12)
 
 
 def test_fastdfkd_reset_is_identical_on_every_rank_and_state_round_trips():

@@ -6,7 +6,9 @@ Min-max game on the mean absolute error between logits (eq. 5):
 with 5 student steps per generator step in the paper (distill.kd_steps=5). The student scores the
 generator's images in eval mode with frozen parameters (the reference code left it in train mode, which moved
 its BN statistics on adversarial batches). Generator: DAFL's trunk with default BN eps (GeneratorA).
-Defaults: MNIST settings (nz 100, Adam lr_G 1e-3).
+Defaults: MNIST settings (nz 100, Adam lr_G 1e-3, constant). `cosine_steps` decays lr_G over that many generator
+steps, as the student's schedule decays (the CIFAR script's `--scheduler` decays both): a generator that keeps its
+full lr while the student's goes to zero wins the game at the end and the student's held-out accuracy falls.
 """
 from __future__ import annotations
 
@@ -18,8 +20,9 @@ from dfkd.synthesizers.generative import GeneratorSynthesizer
 @SYNTHESIZERS.register("dfad")
 class DFAD(GeneratorSynthesizer):
     def __init__(self, batch_size: int = 512, nz: int = 100, ngf: int = 64, lr: float = 1e-3, betas=(0.9, 0.999),
-                 **data):
-        super().__init__(batch_size, nz=nz, ngf=ngf, head="tanh_bn", lr=lr, betas=betas, fresh_samples=True, **data)
+                 cosine_steps: int | None = None, **data):
+        super().__init__(batch_size, nz=nz, ngf=ngf, head="tanh_bn", lr=lr, betas=betas, cosine_steps=cosine_steps,
+                         fresh_samples=True, **data)
 
     def synthesize(self, step: int) -> SynthBatch:
         x = self.generate(self.latents(self.batch_size))
