@@ -271,6 +271,8 @@ def distill(cfg: DictConfig) -> dict | None:
                     "params": count_params(teacher.model), "heldout_acc": teacher_acc},
         "student": {"arch": cfg.student.arch, "arch_kwargs": to_plain(cfg.student).get("arch_kwargs") or {},
                     "params": count_params(student.model), "heldout_acc": student_acc,
+                    "weights": (f"moving average of the student's weights (distill.ema_decay={module.ema_decay})"
+                                if module.student_ema is not None else "the student's final weights"),
                     "initial_heldout_acc": initial_acc,
                     "best_heldout_acc": _best_score(trainer)},
         "compression_ratio": count_params(teacher.model) / count_params(student.model),

@@ -34,7 +34,7 @@ def test_update_matches_hand_computation():
 
 
 def test_run_scores_and_exports_the_weight_average(tmp_path):
-    cfg = compose("dafl_lenet", [f"paths.runs={tmp_path}", "run=ema", *LOOP, *SMALL["dafl"], "+distill.ema_decay=0.9"])
+    cfg = compose("dafl_lenet", [f"paths.runs={tmp_path}", "run=ema", *LOOP, *SMALL["dafl"], "distill.ema_decay=0.9"])
     summary = main(cfg)
     run = tmp_path / "ema"
     sd = load_ckpt(run / "last.ckpt")["state_dict"]
@@ -50,3 +50,4 @@ def test_run_scores_and_exports_the_weight_average(tmp_path):
     for k, v in average.items():
         torch.testing.assert_close(dfkd.load_student(run).model.state_dict()[k], v)
     assert 0 <= summary["student"]["heldout_acc"] <= 1
+    assert "distill.ema_decay=0.9" in summary["student"]["weights"]
