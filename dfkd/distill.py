@@ -253,15 +253,15 @@ class DistillModule(pl.LightningModule):
 
         self.student.train()
         tau = self.cfg["tau"]
-        scored = None
+        teacher_input = None  # the batch t_logits belong to
         for _ in range(self.cfg["kd_steps"]):
             x = self.augment(self._kd_batch())
-            if x is not scored:
+            if x is not teacher_input:
                 # ZSKT trains `kd_steps` times on one un-augmented pseudo-batch: the frozen teacher's logits
                 # (and its attention taps, which no other forward overwrites in this loop) are computed once
                 with torch.no_grad():
                     t_logits = self.teacher(x)
-                scored = x
+                teacher_input = x
             s_logits = self.student(x)
             loss = self.kd_loss(s_logits, t_logits, tau)
             if self._taps is not None:
