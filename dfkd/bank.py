@@ -1,11 +1,12 @@
-"""Sample bank: a ring buffer of synthetic images (and their sampled targets) that the student trains on.
-Stored as uint8 (like the PNG pools of Fast-Datafree/CMI, 4x smaller) or fp16; saved in checkpoints as plain
-tensors, so a resumed run trains on the same images."""
+"""Sample bank: a ring buffer of synthetic images (and their targets: sampled labels, or the teacher's logits of a
+replay memory) that the student trains on. Images are stored as uint8 (like the PNG pools of Fast-Datafree/CMI, 4x
+smaller, for images in [0, 1]), fp16 or fp32; saved in checkpoints as plain tensors, so a resumed run trains on
+the same images."""
 from __future__ import annotations
 
 import torch
 
-_DTYPES = {"uint8": torch.uint8, "float16": torch.float16}
+_DTYPES = {"uint8": torch.uint8, "float16": torch.float16, "float32": torch.float32}
 
 
 class SampleBank:
@@ -25,7 +26,7 @@ class SampleBank:
         return self.size
 
     def _encode(self, x):
-        return (x.clamp(0, 1) * 255).round().to(torch.uint8) if self.dtype == "uint8" else x.to(torch.float16)
+        return (x.clamp(0, 1) * 255).round().to(torch.uint8) if self.dtype == "uint8" else x.to(_DTYPES[self.dtype])
 
     def _decode(self, x):
         return x.float() / 255 if self.dtype == "uint8" else x.float()
@@ -35,10 +36,10 @@ class SampleBank:
         n = images.shape[0]
         if self.images is None:
             self.images = torch.zeros((self.capacity, *images.shape[1:]), dtype=_DTYPES[self.dtype], device=images.device)
-            self.targets = torch.full((self.capacity,), -1, dtype=torch.long, device=images.device)
+            self.targets = _empty_targets(self.capacity, targets, images.device)
         idx = (self.head + torch.arange(n, device=images.device)) % self.capacity
         self.images[idx] = self._encode(images)
-        self.targets[idx] = targets.detach().long() if targets is not None else -1
+        self.targets[idx] = targets.detach().to(self.targets.dtype) if targets is not None else -1
         self.head = (self.head + n) % self.capacity
         self.size = min(self.size + n, self.capacity)
         self.added += n
@@ -67,6 +68,13 @@ class SampleBank:
             raise ValueError(f"checkpoint bank capacity {state['capacity']} != configured {self.capacity}")
         imgs = state["images"]
         self.images = torch.zeros((self.capacity, *imgs.shape[1:]), dtype=imgs.dtype, device=device)
-        self.targets = torch.full((self.capacity,), -1, dtype=torch.long, device=device)
+        self.targets = _empty_targets(self.capacity, state["targets"], device)
         self.images[: self.size] = imgs.to(device)
         self.targets[: self.size] = state["targets"].to(device)
+
+
+def _empty_targets(capacity: int, like: torch.Tensor | None, device) -> torch.Tensor:
+    """Class labels (long, -1 for none) by default; a float row per image (teacher logits) when given those."""
+    if like is None or not like.is_floating_point():
+        return torch.full((capacity,), -1, dtype=torch.long, device=device)
+    return torch.zeros((capacity, *like.shape[1:]), dtype=like.dtype, device=device)

@@ -4,6 +4,7 @@ One training step (an "iteration"):
     every `synth_every` iterations: synthesizer.synthesize() -> images added to the sample bank
     `kd_steps` times: sample a batch from the bank (or the fresh batch) -> augment -> teacher (no grad)
         -> student -> KD loss -> manual_backward -> clip -> step
+        (with `distill.replay`, part of each KD batch is replayed from a memory of earlier teacher-scored batches)
     step the student's LR schedule once.
 Validation scores the student on real held-out images; they are never used for training.
 
@@ -56,6 +57,20 @@ def build_scheduler(opt, name: str | None, total_steps: int, milestones=(0.4, 0.
     raise ValueError(f"unknown scheduler {name!r}; use cosine, multistep or none")
 
 
+def _build_replay(cfg) -> tuple[SampleBank | None, float]:
+    """`distill.replay: {capacity: N, fraction: f}`: keep the last N teacher-scored images with the teacher's
+    logits, and replay them as a fraction f of every KD batch. Adversarial generators (ZSKT, DFAD) move on to
+    new images every step and the student forgets the old ones; replaying a memory of them counters that
+    (Binici et al., "Preventing catastrophic forgetting and distribution mismatch in knowledge distillation
+    via synthetic data", WACV 2022). Not part of ZSKT or DFAD themselves."""
+    if not cfg:
+        return None, 0.0
+    fraction = float(cfg.get("fraction", 0.5))
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"distill.replay.fraction must be in (0, 1), got {fraction}")
+    return SampleBank(int(cfg["capacity"]), "float32"), fraction
+
+
 class DistillModule(pl.LightningModule):
     def __init__(self, teacher: nn.Module, student: nn.Module, synthesizer: Synthesizer, distill: dict,
                  bank: dict, augment: nn.Module, num_classes: int, image_shape, mean, std, seed: int,
@@ -76,6 +91,7 @@ class DistillModule(pl.LightningModule):
         self.kd_loss = KD_LOSSES[self.cfg["kd_loss"]]
         self.use_bank = bool(bank.get("enabled", True))
         self.bank = SampleBank(bank["capacity"], bank.get("dtype", "uint8"))
+        self.replay, self.replay_fraction = _build_replay(distill.get("replay"))
         self.num_classes, self.image_shape = num_classes, tuple(image_shape)
         self.mean, self.std, self.seed = tuple(mean), tuple(std), int(seed)
         self.total_iterations = int(total_iterations)
@@ -102,7 +118,8 @@ class DistillModule(pl.LightningModule):
         return sd
 
     def _rank_state(self) -> dict:
-        return {"bank": self.bank.state_dict(), "kd_rng": self.kd_rng.get_state(),
+        return {"bank": self.bank.state_dict(),
+                "replay": self.replay.state_dict() if self.replay is not None else None, "kd_rng": self.kd_rng.get_state(),
                 "torch_rng": torch.get_rng_state(), "synth": self.synthesizer.extra_state(),
                 "images_synthesized": self.images_synthesized, "synth_seconds": self.synth_seconds,
                 "fit_seconds": self._fit_elapsed(),
@@ -138,6 +155,8 @@ class DistillModule(pl.LightningModule):
                                f"{self.trainer.world_size}; resume with trainer.devices={len(per_rank)}")
         mine = per_rank[self.global_rank]
         self.bank.load_state_dict(mine["bank"], device=self.device)
+        if self.replay is not None and mine.get("replay") is not None:
+            self.replay.load_state_dict(mine["replay"], device=self.device)
         self.kd_rng.set_state(mine["kd_rng"])
         torch.set_rng_state(mine["torch_rng"])
         self.synthesizer.load_extra_state(mine["synth"])
@@ -152,14 +171,21 @@ class DistillModule(pl.LightningModule):
                                 self.total_iterations - int(self.cfg.get("warmup_iterations", 0)),
                                 self.cfg.get("milestones", (0.4, 0.8)))
         opts, scheds = [opt], [sched]
+        self._clip_norms = {id(opt): self.cfg.get("grad_clip")}
         for item in self.synthesizer.optimizers():
             opts.append(item["optimizer"])
+            self._clip_norms[id(item["optimizer"])] = item.get("grad_clip")
             if item.get("scheduler") is not None:
                 scheds.append(item["scheduler"])
         return opts, scheds
 
     def on_fit_start(self):
         self.teacher.eval()
+        if getattr(self.trainer.precision_plugin, "scaler", None) is not None and \
+                getattr(self.synthesizer, "sets_gradients_by_hand", False):
+            raise ValueError(f"synthesizer {type(self.synthesizer).__name__} sets its gradients by hand, which fp16 "
+                             f"loss scaling would divide by the loss scale: use trainer.precision=bf16-mixed (no "
+                             f"loss scaling) or 32-true")
         self.kd_rng = torch.Generator(device=self.device)
         self.kd_rng.manual_seed(self.seed * 1000 + 7 + self.global_rank)
         ctx = SynthContext(num_classes=self.num_classes, image_shape=self.image_shape, mean=self.mean,
@@ -172,6 +198,14 @@ class DistillModule(pl.LightningModule):
             pairs = list(zip(at["student"], at["teacher"]))
             self._taps = (FeatureTaps(self.student.model, list(at["student"])),
                           FeatureTaps(self.teacher.model, list(at["teacher"])), pairs)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Gradient-norm clipping of the student (`distill.grad_clip`) and of any synthesizer optimizer that asks
+        for it. Here, not before `opt.step()`: under fp16 loss scaling Lightning unscales the gradients just
+        before this hook, and clipping earlier would clip the scaled ones (Lightning issue #18089)."""
+        max_norm = getattr(self, "_clip_norms", {}).get(id(optimizer))
+        if max_norm:
+            self.clip_gradients(optimizer, gradient_clip_val=max_norm, gradient_clip_algorithm="norm")
 
     def _step_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         """Step a synthesizer's optimizer through Lightning's wrapper (precision plugins, step counting:
@@ -254,6 +288,8 @@ class DistillModule(pl.LightningModule):
         self.student.train()
         tau = self.cfg["tau"]
         teacher_input = None  # the batch t_logits belong to
+        scored = []           # (images, teacher logits) of this iteration, for the replay memory
+        n_replay = self._replay_count()
         for _ in range(self.cfg["kd_steps"]):
             x = self.augment(self._kd_batch())
             if x is not teacher_input:
@@ -262,28 +298,48 @@ class DistillModule(pl.LightningModule):
                 with torch.no_grad():
                     t_logits = self.teacher(x)
                 teacher_input = x
-            s_logits = self.student(x)
-            loss = self.kd_loss(s_logits, t_logits, tau)
+                scored.append((x, t_logits))
+            keep = None
+            if n_replay:
+                # a random part of the fresh batch, the rest replayed with the teacher logits stored for it
+                keep = torch.randperm(x.shape[0], generator=self.kd_rng, device=self.kd_rng.device)
+                keep = keep[: x.shape[0] - n_replay].to(x.device)
+                old_x, old_logits = self.replay.sample(n_replay, self.kd_rng)
+                s_logits = self.student(torch.cat([x[keep], old_x]))
+                t_batch = torch.cat([t_logits[keep], old_logits])
+            else:
+                s_logits, t_batch = self.student(x), t_logits
+            loss = self.kd_loss(s_logits, t_batch, tau)
             if self._taps is not None:
                 s_taps, t_taps, pairs = self._taps
-                at = sum(attention_transfer(s_taps[a], t_taps[b]) for a, b in pairs)
+                # attention maps pair on the fresh images only: the memory keeps logits, not feature maps
+                n_fresh = x.shape[0] if keep is None else keep.shape[0]
+                at = sum(attention_transfer(s_taps[a][:n_fresh], t_taps[b] if keep is None else t_taps[b][keep])
+                         for a, b in pairs)
                 self.log("train/attention_loss", at.detach(), on_step=True, on_epoch=False)
                 loss = loss + self.cfg["attention"]["beta"] * at
             self._check_finite("KD loss", loss.detach())
             opt.zero_grad()
             self.manual_backward(loss)
-            if self.cfg.get("grad_clip"):
-                self.clip_gradients(opt, gradient_clip_val=self.cfg["grad_clip"], gradient_clip_algorithm="norm")
-            opt.step()
+            opt.step()  # clips in on_before_optimizer_step
+        if self.replay is not None:
+            for images, logits in scored:
+                self.replay.add(images, logits)
         sched.step()
         if self.student_ema is not None:
             ema_update(self.student_ema, self.student, self.ema_decay, self.iteration)
         self.iteration += 1
-        agree = (s_logits.argmax(1) == t_logits.argmax(1)).float().mean()
+        agree = (s_logits.argmax(1) == t_batch.argmax(1)).float().mean()
         self.log("train/kd_loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=False)
         self.log("train/agreement", agree, on_step=True, on_epoch=False)
         self.log("train/lr", opt.param_groups[0]["lr"], on_step=True, on_epoch=False)
         return loss.detach()
+
+    def _replay_count(self) -> int:
+        """Images of each KD batch replayed from memory (none until the memory holds a first batch)."""
+        if self.replay is None or len(self.replay) == 0:
+            return 0
+        return int(round(self.cfg["batch_size"] * self.replay_fraction))
 
     # -- validation on real held-out images -----------------------------------------------------------
     @property

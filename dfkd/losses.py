@@ -28,6 +28,13 @@ def kd_kl_elementwise(student_logits: torch.Tensor, teacher_logits: torch.Tensor
 KD_LOSSES = {"kl": kd_kl, "l1": kd_l1, "kl_elementwise": kd_kl_elementwise}
 
 
+def information_entropy_loss(logits: torch.Tensor) -> torch.Tensor:
+    """DAFL (Chen et al. 2019) eq. 4: sum_c pbar_c * log10(pbar_c), pbar = batch-mean softmax. Minimizing it
+    (towards -1 for 10 classes) makes the batch cover the classes evenly."""
+    p = F.softmax(logits, dim=1).mean(0)
+    return (p * torch.log10(p.clamp_min(1e-12))).sum()
+
+
 def attention_map(features: torch.Tensor) -> torch.Tensor:
     """Zagoruyko & Komodakis 2017: L2-normalized, flattened spatial map of the channel mean of squared activations."""
     return F.normalize(features.pow(2).mean(1).flatten(1), dim=1)

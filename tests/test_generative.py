@@ -82,6 +82,20 @@ def test_cosine_steps_decays_the_generator_lr_to_zero(name):
     assert seen == pytest.approx(expected, abs=1e-12) and seen[-1] == pytest.approx(0.0, abs=1e-12)
 
 
+def test_zskt_balance_adds_the_information_entropy_of_the_teacher_to_the_generator_loss():
+    syn, teacher, student = build("zskt", balance=2.0)
+    outputs, losses = {}, []
+    teacher.register_forward_hook(lambda m, i, o: outputs.setdefault("t", o.detach()))
+    student.register_forward_hook(lambda m, i, o: outputs.setdefault("s", o.detach()))
+    syn.generator_step = lambda loss: losses.append(loss.detach())
+    batch = syn.synthesize(0)
+    s, t = outputs["s"], outputs["t"]
+    p = F.softmax(t, 1).mean(0)
+    ie = (p * torch.log10(p)).sum()
+    assert batch.losses["ie"] == pytest.approx(ie.item(), rel=1e-5)
+    assert losses[0].item() == pytest.approx((-kd_kl_elementwise(s, t) + 2.0 * ie).item(), rel=1e-5)
+
+
 def test_fastdfkd_reset_is_identical_on_every_rank_and_state_round_trips():
     a, *_ = build("fastdfkd", rank=0)
     b, *_ = build("fastdfkd", rank=1)

@@ -10,7 +10,7 @@ import torch
 
 import dfkd
 from dfkd.config import compose, list_recipes
-from dfkd.run import RunError, main
+from dfkd.run import RunError, build_teacher, main
 
 ROOT = Path(__file__).resolve().parents[1]
 LOOP = ["distill.epochs=2", "distill.iterations_per_epoch=2", "distill.synth_every=1", "distill.kd_steps=1",
@@ -66,7 +66,8 @@ def test_every_distill_recipe_runs_a_smoke_step(tmp_path, recipe):
     assert student(torch.rand(2, c, h, h)).shape == (2, 10)
 
 
-RESUMABLE = ["deepinversion_resnet", "dafl_lenet", "kegnet_lenet", "fastdfkd_resnet"]
+RESUMABLE = ["deepinversion_resnet", "dafl_lenet", "kegnet_lenet", "fastdfkd_resnet", "zskt_wrn"]
+REPLAY = "++distill.replay={capacity:12,fraction:0.5}"
 
 
 @pytest.mark.slow
@@ -76,6 +77,8 @@ def test_killed_run_resumes_to_the_same_state_as_an_uninterrupted_one(tmp_path, 
     budget = [*LOOP, *SMALL[name], "distill.epochs=3", "trainer.deterministic=true"]
     if name == "fastdfkd":  # the warm-up switch and the re-initialization fall after the resume point
         budget += ["synthesizer.warmup=3", "synthesizer.reset_l0_at=5"]
+    if name == "zskt":  # with a replay memory, which must come back whole
+        budget += [REPLAY, "distill.kd_steps=2"]
     train(tmp_path, recipe, "run=straight", *budget)
     killed = train(tmp_path, recipe, "run=crash", *budget, "debug.kill_at_iteration=3", check=False)
     assert killed.returncode == -9, killed.stderr[-2000:]
@@ -93,6 +96,10 @@ def test_killed_run_resumes_to_the_same_state_as_an_uninterrupted_one(tmp_path, 
     ra, rb = a["dfkd"]["per_rank"][0], b["dfkd"]["per_rank"][0]
     if ra["bank"]["images"] is not None:
         assert torch.equal(ra["bank"]["images"], rb["bank"]["images"]), "resumed run synthesized different images"
+    if ra.get("replay") is not None:
+        assert ra["replay"]["size"] == rb["replay"]["size"] == 12
+        assert torch.equal(ra["replay"]["images"], rb["replay"]["images"])
+        torch.testing.assert_close(rb["replay"]["targets"], ra["replay"]["targets"])
     assert ra["images_synthesized"] == rb["images_synthesized"]
     for key in ("calls", "bn_ema"):  # synthesizer counters and EMA statistics (FastDFKD)
         if key in ra["synth"]:
@@ -209,3 +216,32 @@ def test_teacher_scores_a_repeated_pseudo_batch_once(tmp_path, monkeypatch, reci
     main(cfg)
     assert len(calls) == 4 * teacher_calls_per_iteration
     assert sorted(set(calls)) == [0, 1, 2, 3]
+
+
+def test_replay_memory_keeps_the_latest_images_with_the_teachers_logits(tmp_path, monkeypatch):
+    """`distill.replay`: each KD batch is half fresh images, half replayed ones with their stored teacher logits."""
+    import dfkd.distill as distill
+
+    batches = []
+    fit_start = distill.DistillModule.on_fit_start
+
+    def recording(self):
+        fit_start(self)
+        self.student.register_forward_hook(lambda m, i, o: batches.append(i[0].shape[0]) if m.training else None)
+
+    monkeypatch.setattr(distill.DistillModule, "on_fit_start", recording)
+    cfg = compose("zskt_wrn", [f"paths.runs={tmp_path}", "run=replay", *LOOP, *SMALL["zskt"], "distill.kd_steps=2",
+                               "++distill.replay={capacity:12,fraction:0.25}"])
+    main(cfg)
+    memory = load_ckpt(tmp_path / "replay" / "last.ckpt")["dfkd"]["per_rank"][0]["replay"]
+    assert memory["size"] == 12 and memory["added"] == 4 * 8   # 4 pseudo-batches of 8 went through 12 slots
+    assert memory["targets"].shape == (12, 10)
+    with torch.no_grad():                                       # the stored logits are the teacher's
+        torch.testing.assert_close(build_teacher(cfg)(memory["images"]), memory["targets"], rtol=1e-4, atol=1e-4)
+    assert len(batches) == 4 * 2 and set(batches) == {8}       # KD batches keep their size: 6 fresh + 2 replayed
+
+
+def test_replay_fraction_outside_0_1_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="replay.fraction"):
+        main(compose("zskt_wrn", [f"paths.runs={tmp_path}", *LOOP, *SMALL["zskt"],
+                                  "++distill.replay={capacity:12,fraction:1.0}"]))

@@ -4,7 +4,8 @@ every method shares: the frozen teacher (eval, no grad, asserted), a per-rank ra
 
 Life cycle (driven by `dfkd.distill.DistillModule`):
     __init__(**recipe kwargs, num_classes, image_shape, mean, std)   # build generators (Lightning-owned params)
-    optimizers() -> list[dict]             # {"optimizer": ..., "scheduler": ...}; [] for pixel optimization
+    optimizers() -> list[dict]             # {"optimizer": ..., "scheduler": ..., "grad_clip": max norm or None};
+                                           # [] for pixel optimization
     attach(teacher, student, ctx)          # on_fit_start, after DDP wrap: hooks, RNG
     synthesize(step) -> SynthBatch         # [0,1] NCHW images (+ targets) and the logged loss terms
     sample(n) -> Tensor | None             # fresh images for one KD step (generators), None: use the batch/bank
@@ -41,7 +42,8 @@ class SynthContext:
     rank: int = 0
     world_size: int = 1
     backward: Callable[[torch.Tensor], None] = lambda loss: loss.backward()  # manual_backward under Lightning
-    # steps an optimizer from optimizers(); under Lightning through its wrapper, so the step is counted
+    # steps an optimizer from optimizers(); under Lightning through its wrapper, so the step is counted and the
+    # gradients are unscaled (fp16) and clipped to the optimizer's "grad_clip" first
     step: Callable[[torch.optim.Optimizer], None] = lambda opt: opt.step()
 
 

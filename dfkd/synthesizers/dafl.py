@@ -19,14 +19,9 @@ import torch
 import torch.nn.functional as F
 
 from dfkd.hooks import FeatureTaps, classifier_head
+from dfkd.losses import information_entropy_loss  # noqa: F401  (DAFL eq. 4, shared with ZSKT)
 from dfkd.synthesizers.base import SYNTHESIZERS, SynthBatch
 from dfkd.synthesizers.generative import GeneratorSynthesizer
-
-
-def information_entropy_loss(logits: torch.Tensor) -> torch.Tensor:
-    """DAFL eq. 4: sum_c pbar_c * log10(pbar_c), pbar = batch-mean softmax (minimizing it balances classes)."""
-    p = F.softmax(logits, dim=1).mean(0)
-    return (p * torch.log10(p.clamp_min(1e-12))).sum()
 
 
 def activation_loss(features: torch.Tensor) -> torch.Tensor:

@@ -40,6 +40,7 @@ def decision_adversarial_loss(s_logits: torch.Tensor, t_logits: torch.Tensor) ->
 
 @SYNTHESIZERS.register("fastdfkd")
 class FastDFKD(Synthesizer):
+    sets_gradients_by_hand = True  # the meta-gradient: fp16 loss scaling would not apply to it (dfkd/distill.py)
     uses_bn_stats = True
 
     def __init__(self, batch_size: int = 256, nz: int = 256, ngf: int = 64, g_steps: int = 2, lr_g: float = 5e-3,

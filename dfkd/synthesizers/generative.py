@@ -25,7 +25,7 @@ class GeneratorSynthesizer(Synthesizer):
                       if cosine_steps else None)
 
     def optimizers(self) -> list[dict]:
-        return [{"optimizer": self.opt, "scheduler": self.sched}]
+        return [{"optimizer": self.opt, "scheduler": self.sched, "grad_clip": self.grad_clip}]
 
     def generate(self, z: torch.Tensor) -> torch.Tensor:
         """[0,1]-space images from latents (the generator stays in train mode: batch statistics, as the papers)."""
@@ -39,9 +39,7 @@ class GeneratorSynthesizer(Synthesizer):
     def generator_step(self, loss: torch.Tensor) -> None:
         self.opt.zero_grad(set_to_none=True)
         self.ctx.backward(loss)
-        if self.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.generator.parameters(), self.grad_clip)
-        self.ctx.step(self.opt)
+        self.ctx.step(self.opt)  # clips to `grad_clip` (declared in optimizers()) after fp16 unscaling
         if self.sched is not None:
             self.sched.step()
 
