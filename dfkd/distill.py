@@ -107,6 +107,7 @@ class DistillModule(pl.LightningModule):
         self._fresh = None
         self._pending_state = None
         self._taps = None             # (student taps, teacher taps, pairs) for attention transfer
+        self._clip_norms: dict[int, float | None] = {}  # id(optimizer) -> max gradient norm, from configure_optimizers
         self._val_correct = self._val_total = 0
 
     # -- state ----------------------------------------------------------------------------------------
@@ -119,7 +120,8 @@ class DistillModule(pl.LightningModule):
 
     def _rank_state(self) -> dict:
         return {"bank": self.bank.state_dict(),
-                "replay": self.replay.state_dict() if self.replay is not None else None, "kd_rng": self.kd_rng.get_state(),
+                "replay": self.replay.state_dict() if self.replay is not None else None,
+                "kd_rng": self.kd_rng.get_state(),
                 "torch_rng": torch.get_rng_state(), "synth": self.synthesizer.extra_state(),
                 "images_synthesized": self.images_synthesized, "synth_seconds": self.synth_seconds,
                 "fit_seconds": self._fit_elapsed(),
@@ -203,7 +205,7 @@ class DistillModule(pl.LightningModule):
         """Gradient-norm clipping of the student (`distill.grad_clip`) and of any synthesizer optimizer that asks
         for it. Here, not before `opt.step()`: under fp16 loss scaling Lightning unscales the gradients just
         before this hook, and clipping earlier would clip the scaled ones (Lightning issue #18089)."""
-        max_norm = getattr(self, "_clip_norms", {}).get(id(optimizer))
+        max_norm = self._clip_norms.get(id(optimizer))
         if max_norm:
             self.clip_gradients(optimizer, gradient_clip_val=max_norm, gradient_clip_algorithm="norm")
 

@@ -19,7 +19,8 @@ def fp16_loss_scaling(monkeypatch):
 
     def trainer(*args, **kwargs):
         kwargs.pop("precision", None)
-        return real(*args, plugins=[MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=256.0))], **kwargs)
+        scaler = torch.amp.GradScaler("cpu", init_scale=256.0)
+        return real(*args, plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)], **kwargs)
 
     monkeypatch.setattr(pl, "Trainer", trainer)
 

@@ -222,14 +222,20 @@ def test_replay_memory_keeps_the_latest_images_with_the_teachers_logits(tmp_path
     """`distill.replay`: each KD batch is half fresh images, half replayed ones with their stored teacher logits."""
     import dfkd.distill as distill
 
-    batches = []
-    fit_start = distill.DistillModule.on_fit_start
+    fresh, batches = [], []  # each KD step's fresh batch, and what the student was trained on
+    fit_start, kd_batch = distill.DistillModule.on_fit_start, distill.DistillModule._kd_batch
 
     def recording(self):
         fit_start(self)
-        self.student.register_forward_hook(lambda m, i, o: batches.append(i[0].shape[0]) if m.training else None)
+        self.student.register_forward_hook(lambda m, i, o: batches.append(i[0].detach()) if m.training else None)
+
+    def recording_kd_batch(self):
+        x = kd_batch(self)
+        fresh.append(x.detach())
+        return x
 
     monkeypatch.setattr(distill.DistillModule, "on_fit_start", recording)
+    monkeypatch.setattr(distill.DistillModule, "_kd_batch", recording_kd_batch)
     cfg = compose("zskt_wrn", [f"paths.runs={tmp_path}", "run=replay", *LOOP, *SMALL["zskt"], "distill.kd_steps=2",
                                "++distill.replay={capacity:12,fraction:0.25}"])
     main(cfg)
@@ -238,7 +244,10 @@ def test_replay_memory_keeps_the_latest_images_with_the_teachers_logits(tmp_path
     assert memory["targets"].shape == (12, 10)
     with torch.no_grad():                                       # the stored logits are the teacher's
         torch.testing.assert_close(build_teacher(cfg)(memory["images"]), memory["targets"], rtol=1e-4, atol=1e-4)
-    assert len(batches) == 4 * 2 and set(batches) == {8}       # KD batches keep their size: 6 fresh + 2 replayed
+    assert len(batches) == len(fresh) == 4 * 2
+    assert all(b.shape[0] == 8 for b in batches)               # KD batches keep their size ...
+    from_fresh = [sum(bool((f == row).flatten(1).all(1).any()) for row in b) for f, b in zip(fresh, batches)]
+    assert from_fresh == [8, 8] + [6] * 6                      # ... 6 fresh + 2 replayed once the memory holds any
 
 
 def test_replay_fraction_outside_0_1_is_an_error(tmp_path):

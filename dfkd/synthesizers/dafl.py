@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from dfkd.hooks import FeatureTaps, classifier_head
-from dfkd.losses import information_entropy_loss  # noqa: F401  (DAFL eq. 4, shared with ZSKT)
+from dfkd.losses import information_entropy_loss  # DAFL eq. 4, shared with ZSKT
 from dfkd.synthesizers.base import SYNTHESIZERS, SynthBatch
 from dfkd.synthesizers.generative import GeneratorSynthesizer
 
