@@ -34,9 +34,9 @@ def build(name, rank=0, seed=0, **overrides):
     return syn, teacher, student
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_synthesis_trains_the_generator_and_nothing_else(name):
-    syn, teacher, student = build(name)
+@pytest.mark.parametrize("name, overrides", [(n, {}) for n in sorted(CASES)] + [("zskt", {"bn_prior": 1.0})])
+def test_synthesis_trains_the_generator_and_nothing_else(name, overrides):
+    syn, teacher, student = build(name, **overrides)
     before_t = teacher_snapshot(teacher)
     before_g = {k: v.clone() for k, v in syn.state_dict().items() if v.is_floating_point()}
     student.train()
@@ -185,3 +185,22 @@ def test_bn_momentum_blends_the_batch_with_the_ema():
         bn(x2)
     mean, var = 0.1 * 1 + 0.9 * 2, 0.1 * 1 + 0.9 * 0
     assert math.isclose(hooks.loss().item(), abs(mean) + abs(var - 1), rel_tol=1e-5)
+
+
+def test_zskt_bn_prior_adds_the_teachers_bn_statistics_loss_to_the_generator_loss():
+    syn, teacher, student = build("zskt", bn_prior=0.5)
+    outputs, bn_inputs, losses = {}, [], []
+    teacher.register_forward_hook(lambda m, i, o: outputs.setdefault("t", o.detach()))
+    student.register_forward_hook(lambda m, i, o: outputs.setdefault("s", o.detach()))
+    bns = [m for m in teacher.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for m in bns:
+        m.register_forward_hook(lambda m, i, o: bn_inputs.append((m, i[0].detach())))
+    syn.generator_step = lambda loss: losses.append(loss.detach())
+    batch = syn.synthesize(0)
+    s, t = outputs["s"], outputs["t"]
+    # by hand: per channel mean and biased variance over N, H, W; L2 norms of the differences (DeepInversion eq. 4)
+    bn = sum(torch.sqrt(((x.mean((0, 2, 3)) - m.running_mean) ** 2).sum())
+             + torch.sqrt(((x.var((0, 2, 3), unbiased=False) - m.running_var) ** 2).sum())
+             for m, x in bn_inputs[:len(bns)])
+    assert len(bns) > 0 and batch.losses["bn"] == pytest.approx(bn.item(), rel=1e-4)
+    assert losses[0].item() == pytest.approx((-kd_kl_elementwise(s, t) + 0.5 * bn).item(), rel=1e-4)

@@ -15,11 +15,19 @@ norms clipped at 5. Generator: DAFL trunk ending in BN(affine=True), no Tanh (it
 so that every pseudo-batch covers the classes. Without it the generator can drift away from whole classes for
 good: on the embedded MNIST pair, students of ZSKT proper scored 0 % on the digit 0 and under 20 % on 1 and 9,
 which the teacher never predicted on the generator's images.
+
+`bn_prior` (0 in ZSKT) adds DeepInversion's BN-statistics loss (eq. 4, `dfkd.hooks.BNStatHooks`) of the generator's
+batch in the teacher, as DFQ does to its adversarial generator (Choi et al., CVPRW 2020, METHODS.md 1.8):
+    max_G KL(T || S) - bn_prior * sum_l (||mu_l(G(z)) - mu_l||_2 + ||s2_l(G(z)) - s2_l||_2).
+The adversarial term alone finds images the teacher and student disagree on that need not look like the data;
+the prior keeps them where the teacher's BatchNorm layers say its training data was. On the embedded MNIST pair
+it lifts the weak seeds of ZSKT proper (75 to 85 %) to 97 % (README, Results).
 """
 from __future__ import annotations
 
 import torch
 
+from dfkd.hooks import BNStatHooks
 from dfkd.losses import information_entropy_loss, kd_kl_elementwise
 from dfkd.synthesizers.base import SYNTHESIZERS, SynthBatch
 from dfkd.synthesizers.generative import GeneratorSynthesizer
@@ -29,17 +37,34 @@ from dfkd.synthesizers.generative import GeneratorSynthesizer
 class ZSKT(GeneratorSynthesizer):
     def __init__(self, batch_size: int = 128, nz: int = 100, ngf: int = 64, lr: float = 1e-3, betas=(0.9, 0.999),
                  grad_clip: float = 5.0, cosine_steps: int | None = None, head: str = "bn", balance: float = 0.0,
-                 **data):
+                 bn_prior: float = 0.0, **data):
         super().__init__(batch_size, nz=nz, ngf=ngf, head=head, lr=lr, betas=betas, grad_clip=grad_clip,
                          cosine_steps=cosine_steps, **data)
         self.balance = float(balance)
+        self.bn_prior = float(bn_prior)
+        self.uses_bn_stats = self.bn_prior > 0
+        self.bn_hooks: BNStatHooks | None = None
+
+    def attach(self, teacher, student, ctx):
+        super().attach(teacher, student, ctx)
+        if self.bn_prior and self.bn_hooks is None:
+            self.bn_hooks = BNStatHooks(teacher)
+
+    def detach(self):
+        if self.bn_hooks is not None:
+            self.bn_hooks.close()
+            self.bn_hooks = None
 
     def synthesize(self, step: int) -> SynthBatch:
         z = self.latents(self.batch_size)
         x = self.generate(z)
         with self.scoring_student() as student:
             s_logits = student(x)
-        t_logits = self.teacher(x)
+        if self.bn_hooks is not None:
+            with self.bn_hooks.recording():
+                t_logits = self.teacher(x)
+        else:
+            t_logits = self.teacher(x)
         belief = kd_kl_elementwise(s_logits, t_logits, 1.0)
         losses = {}
         loss = -belief
@@ -47,6 +72,10 @@ class ZSKT(GeneratorSynthesizer):
             ie = information_entropy_loss(t_logits)
             loss = loss + self.balance * ie
             losses["ie"] = float(ie.detach())
+        if self.bn_hooks is not None:
+            bn = self.bn_hooks.loss()
+            loss = loss + self.bn_prior * bn
+            losses["bn"] = float(bn.detach())
         self.generator_step(loss)
         with torch.no_grad():
             pseudo = self.generate(z)  # the pseudo-batch the student trains on, from the updated generator
