@@ -3,6 +3,7 @@
     python -m dfkd.bench                          # every embedded distillation recipe, seed 0, full recipes
     python -m dfkd.bench --minutes 10             # stop each method at the same 10-minute training budget
     python -m dfkd.bench dafl_lenet dfad_lenet --seeds 0 1 2
+    python -m dfkd.bench --seeds 0 1 2 --jobs 18 --set trainer.accelerator=gpu   # all at once on one GPU
     python -m dfkd.bench --throughput             # synthesis / distillation speed at paper scale (dfkd.throughput)
 
 Each (recipe, seed) is a separate `python -m dfkd.cli recipe=... seed=...` process (a crash or a divergence
@@ -23,6 +24,7 @@ import platform
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 from dfkd.callbacks import read_curve
@@ -32,7 +34,7 @@ CSV_FIELDS = ("recipe", "synthesizer", "seed", "status", "teacher", "student", "
               "images_synthesized", "iterations", "planned_iterations", "stopped_by_budget", "student_params",
               "compression_ratio", "device", "log")
 
-# Published numbers (METHODS.md section 2), shown beside the measurements for orientation only: other data,
+# Published numbers (each paper, and the FastDFKD and CMI READMEs), shown beside the measurements for orientation only: other data,
 # other teachers, GPU-hours of synthesis as printed by the FastDFKD paper (Source A) unless noted.
 PUBLISHED = [
     # method, setting, teacher, student, note
@@ -167,7 +169,7 @@ def write_markdown(path: Path, rows: list[dict], args, command: str, started: st
             f"{a['student_params']:,} | {a['compression_ratio']:.1f}x | {a['stopped_by_budget']}/{a['runs']} |")
     lines += ["", "![accuracy against training time](accuracy_vs_time.png)", "",
               "## Published results (for reference; not measured by dfkd)", "",
-              "Reported by the papers or the FastDFKD/CMI READMEs (METHODS.md section 2) on other data, teachers "
+              "Reported by the papers or the FastDFKD/CMI READMEs on other data, teachers "
               "and hardware: orientation only, not comparable with the table above.", "",
               "| method | setting | teacher % | student % | note |", "|---|---|---|---|---|"]
     lines += [f"| {m} | {s} | {t:.2f} | {st:.2f} | {n} |" for m, s, t, st, n in PUBLISHED]
@@ -227,24 +229,31 @@ def run_bench(args, command: str) -> int:
     started, t0 = dt.datetime.now().isoformat(timespec="seconds"), time.perf_counter()
     jobs = [(r, s) for r in recipes for s in args.seeds]
     rows: list[dict] = []
-    for i, (recipe, seed) in enumerate(jobs, 1):
-        print(f"[{i}/{len(jobs)}] {recipe} seed {seed} ... (log: {out / 'logs' / f'{recipe}_s{seed}.log'})",
-              flush=True)
-        row = run_one(recipe, seed, out, args.minutes, args.set)
-        rows.append(row)
-        if row["status"] == "ok":
-            print(f"      student {100 * row['student_acc']:.1f} % (teacher {100 * row['teacher_acc']:.1f} %) "
-                  f"in {row['wall_time_s']:.0f} s, {row['images_synthesized']:,} images"
-                  f"{', stopped by the budget' if row['stopped_by_budget'] else ''}", flush=True)
-        else:
-            print(f"      {row['status']}: {row['log']}", flush=True)
-        write_csv(out / "results.csv", rows)
-        write_markdown(out / "results.md", rows, args, command, started, time.perf_counter() - t0)
-        plot(out / "accuracy_vs_time.png", rows, out, args.minutes)
+    print(f"{len(jobs)} runs, {args.jobs} at a time; logs in {out / 'logs'}", flush=True)
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:  # each run is its own process; threads only wait
+        done = [pool.submit(run_one, recipe, seed, out, args.minutes, args.set) for recipe, seed in jobs]
+        for i, future in enumerate(as_completed(done), 1):
+            row = future.result()
+            rows.append(row)
+            rows.sort(key=lambda r: (recipes.index(r["recipe"]), r["seed"]))
+            _report_row(i, len(jobs), row)
+            write_csv(out / "results.csv", rows)
+            write_markdown(out / "results.md", rows, args, command, started, time.perf_counter() - t0)
+            plot(out / "accuracy_vs_time.png", rows, out, args.minutes)
     print(f"\nwrote {out / 'results.md'}, {out / 'results.csv'}, {out / 'accuracy_vs_time.png'} "
           f"({(time.perf_counter() - t0) / 60:.1f} min)")
     print((out / "results.md").read_text())
     return 0 if all(r["status"] == "ok" for r in rows) else 1
+
+
+def _report_row(i: int, n: int, row: dict) -> None:
+    head = f"[{i}/{n}] {row['recipe']} seed {row['seed']}:"
+    if row["status"] == "ok":
+        print(f"{head} student {100 * row['student_acc']:.1f} % (teacher {100 * row['teacher_acc']:.1f} %) "
+              f"in {row['wall_time_s']:.0f} s, {row['images_synthesized']:,} images"
+              f"{', stopped by the budget' if row['stopped_by_budget'] else ''}", flush=True)
+    else:
+        print(f"{head} {row['status']}: {row['log']}", flush=True)
 
 
 def cli(argv=None) -> int:
@@ -255,6 +264,9 @@ def cli(argv=None) -> int:
                     help="training budget per run, the same for every method (default: run each recipe in full)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds to repeat each recipe with")
     ap.add_argument("--out", default="bench", help="output folder (default: bench/)")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="runs at a time (default 1: on a small CPU, concurrent runs slow each other; on a GPU or "
+                         "many cores, more)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="overrides applied to every run (e.g. trainer.accelerator=cpu)")
     ap.add_argument("--throughput", action="store_true",
@@ -269,6 +281,11 @@ def cli(argv=None) -> int:
 
         return run_throughput(Path(args.out), full=args.full, command=command)
     return run_bench(args, command.strip())
+
+
+def console() -> None:
+    """The `dfkd-bench` console script."""
+    sys.exit(cli())
 
 
 if __name__ == "__main__":

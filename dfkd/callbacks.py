@@ -1,6 +1,6 @@
 """Callbacks: a whole-run progress bar with ETA, synthetic-image grids for TensorBoard, the accuracy-vs-time
-log (`curve.csv`), a wall-clock budget, and a hard-kill hook used by the resume test (a real SIGKILL at a chosen
-iteration, nothing graceful)."""
+log (`curve.csv`), and a hard-kill hook used by the resume test (a real SIGKILL at a chosen iteration, nothing
+graceful). The wall-clock budget is Lightning's own `Timer` (dfkd/trainer.py)."""
 from __future__ import annotations
 
 import csv
@@ -99,24 +99,9 @@ class CurveLogger(pl.Callback):
     def on_validation_end(self, trainer, module):
         if trainer.sanity_checking or not trainer.is_global_zero or "val/acc" not in trainer.callback_metrics:
             return
-        append_curve(self.path, module.iteration, module._fit_elapsed(),
+        append_curve(self.path, module.iteration, module.fit_seconds(),
                      module.images_synthesized * trainer.world_size, float(trainer.callback_metrics["val/acc"]),
                      "epoch")
-
-
-class TimeBudget(pl.Callback):
-    """Stop training once the run's training time (cumulative over resumes, the same clock as summary.json's
-    fit time) reaches `minutes`. Rank 0 decides and broadcasts, so all DDP ranks stop at the same step."""
-
-    def __init__(self, minutes: float):
-        self.seconds = float(minutes) * 60.0
-        self.stopped_early = False
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        stop = trainer.strategy.broadcast(module._fit_elapsed() >= self.seconds, src=0)
-        if stop and not trainer.should_stop:
-            trainer.should_stop = True
-            self.stopped_early = True
 
 
 class KillAt(pl.Callback):

@@ -1,4 +1,4 @@
-"""dfkd's command line (`python train.py ...` and `python -m dfkd.cli ...` are the same command).
+"""dfkd's command line (`python train.py ...`, `dfkd-train ...` and `python -m dfkd.cli ...` are the same command).
 
     python train.py recipe=deepinversion_resnet [key=value ...] [group=option ...]
     python train.py recipe=deepinversion_resnet run=my_run resume=true
@@ -30,7 +30,8 @@ def main(argv: list[str]) -> int:
         return 2
     from dfkd.config import ConfigError, compose
     from dfkd.distill import DivergenceError
-    from dfkd.run import RunError, main as run_main
+    from dfkd.run import main as run_main
+    from dfkd.rundir import RunError
 
     try:
         cfg = compose(recipes[0], overrides)
@@ -39,6 +40,11 @@ def main(argv: list[str]) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def console() -> None:
+    """The `dfkd-train` console script."""
+    sys.exit(main(sys.argv[1:]))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,11 @@
 """Recipes: Hydra's Compose API over the `recipes/` tree (not `@hydra.main`, which fights Lightning's DDP
-re-launch). Every top-level `recipes/*.yaml` is a recipe; sub-folders are config groups (one concern each).
+re-launch).
+
+- `recipes/base.yaml` is the primary config: it declares every option dfkd reads, with its default.
+- Every other top-level `recipes/*.yaml` is a recipe: a delta over `base` (Hydra's experiment pattern) that picks
+  config-group options (`override /teacher: lenet5_mnist`) and sets what differs from the defaults.
+- Sub-folders are config groups, one concern each: data, teacher, student, synthesizer, trainer.
+- `DFKD_RECIPE_PATH` (folders separated by ':') adds folders of your own recipes (and groups) to the search.
 
     cfg = compose("deepinversion_resnet", ["synthesizer.iterations=50", "student=resnet8_half"])
 
@@ -13,10 +19,25 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-ROOT = Path(__file__).resolve().parents[1]
-RECIPES_DIR = Path(os.environ.get("DFKD_RECIPES", ROOT / "recipes")).resolve()
+from dfkd.resources import RECIPES_DIR, REPO_ROOT, TEACHERS_DIR
 
-OmegaConf.register_new_resolver("dfkd_root", lambda: str(ROOT), replace=True)
+ROOT = REPO_ROOT
+PRIMARY = "base"
+
+OmegaConf.register_new_resolver("dfkd_teachers", lambda: str(TEACHERS_DIR), replace=True)
+
+
+def recipe_dirs() -> list[Path]:
+    """The shipped recipes first, then the folders of `DFKD_RECIPE_PATH`."""
+    extra = [Path(p).expanduser().resolve() for p in os.environ.get("DFKD_RECIPE_PATH", "").split(os.pathsep) if p]
+    return [RECIPES_DIR, *extra]
+
+
+def recipe_file(name: str) -> Path:
+    for d in reversed(recipe_dirs()):
+        if (d / f"{name}.yaml").is_file():
+            return d / f"{name}.yaml"
+    raise FileNotFoundError(name)
 
 
 class ConfigError(ValueError):
@@ -24,12 +45,12 @@ class ConfigError(ValueError):
 
 
 def list_recipes() -> list[str]:
-    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+    return sorted({p.stem for d in recipe_dirs() for p in d.glob("*.yaml")} - {PRIMARY})
 
 
 def recipe_description(name: str) -> str:
     """First comment line of the recipe file."""
-    for line in (RECIPES_DIR / f"{name}.yaml").read_text().splitlines():
+    for line in recipe_file(name).read_text().splitlines():
         if line.startswith("#"):
             return line.lstrip("# ").strip()
     return ""
@@ -46,7 +67,7 @@ def _flat_keys(cfg, prefix="") -> list[str]:
 
 
 def _groups() -> list[str]:
-    return sorted(p.name for p in RECIPES_DIR.iterdir() if p.is_dir())
+    return sorted({p.name for d in recipe_dirs() for p in d.iterdir() if p.is_dir()})
 
 
 def _explain_override_error(recipe: str, overrides: list[str], err: Exception) -> str:
@@ -72,8 +93,13 @@ def _compose_raw(recipe: str, overrides: list[str]) -> DictConfig:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    with initialize_config_dir(config_dir=str(RECIPES_DIR), version_base="1.3"):
-        return hydra_compose(config_name=recipe, overrides=overrides)
+    # Hydra looks for the primary config (the recipe) in the config dir only; the other recipe folders (base.yaml
+    # and the config groups among them) go on its search path
+    home = recipe_file(recipe).parent
+    others = [f"file://{d}" for d in recipe_dirs() if d != home]
+    search = [f"hydra.searchpath=[{','.join(others)}]"] if others else []
+    with initialize_config_dir(config_dir=str(home), version_base="1.3"):
+        return hydra_compose(config_name=recipe, overrides=[*search, *overrides])
 
 
 def compose(recipe: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
@@ -101,7 +127,10 @@ def validate(cfg: DictConfig) -> None:
     run = str(cfg.run)
     if "/" in run or run in ("teachers", ".", ".."):
         raise ConfigError(f"run={run!r} must be a plain folder name (not 'teachers', no '/')")
-    if cfg.get("task") == "distill":
+    if cfg.task == "distill":
+        if "synthesizer" not in cfg:
+            raise ConfigError(f"recipe '{cfg.recipe}' names no synthesizer: add `- override /synthesizer: NAME` to "
+                              f"its defaults, or a `synthesizer:` section with a registered `name`")
         d = cfg.distill
         for key in ("epochs", "iterations_per_epoch", "synth_every", "kd_steps", "batch_size"):
             if int(d[key]) < 1:

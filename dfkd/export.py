@@ -41,7 +41,8 @@ def export_run(run_dir: str | Path, ckpt: str = "last", onnx: bool = False, torc
     if weights is None:
         sd = read_checkpoint(ckpt_file)["state_dict"]
         # a run with distill.ema_decay exports the weight average, the student it scored
-        prefix = "student_ema.model." if any(k.startswith("student_ema.model.") for k in sd) else "student.model."
+        average = "student_ema.module.model."  # torch.optim.swa_utils.AveragedModel keeps the copy as .module
+        prefix = average if any(k.startswith(average) for k in sd) else "student.model."
         weights = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
     student.model.load_state_dict(clean_state_dict(weights))
     meta = {"arch": s.arch, "arch_kwargs": OmegaConf.to_container(s, resolve=True).get("arch_kwargs") or {},

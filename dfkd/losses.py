@@ -1,5 +1,5 @@
 """Loss terms shared by the synthesizers and the distillation loop. Each is small and unit-tested against a
-hand computation (tests/test_losses.py). Conventions follow METHODS.md; where the reference code is ambiguous
+hand computation (tests/test_losses.py). Each cites its paper and equation; where the reference code is ambiguous
 the docstring says which reading dfkd implements."""
 from __future__ import annotations
 

@@ -5,7 +5,9 @@ directory, or else relative to the dfkd repository root):
 
     plugins: [my_lab.synthesizers, ./my_synth.py]
 
-They are imported before anything is built, in every process (DDP re-executes train.py per rank)."""
+They are imported before anything is built, in every process (DDP re-executes train.py per rank).
+`recipe_plugins()` imports the plug-ins of every recipe found (with `DFKD_RECIPE_PATH`'s folders), which is how
+the contract tests find a new method without any test file being edited."""
 from __future__ import annotations
 
 import importlib
@@ -21,9 +23,9 @@ def load_plugins(items) -> list[str]:
         if item.endswith(".py"):
             path = Path(item).expanduser()
             if not path.is_absolute() and not path.is_file():
-                from dfkd.config import ROOT
+                from dfkd.resources import REPO_ROOT
 
-                path = ROOT / path
+                path = REPO_ROOT / path
             path = path.resolve()
             if not path.is_file():
                 raise FileNotFoundError(f"plugin file {item} not found (paths are relative to {Path.cwd()})")
@@ -40,4 +42,14 @@ def load_plugins(items) -> list[str]:
                 raise ModuleNotFoundError(f"plugin module {item!r} cannot be imported ({e}); "
                                           "is it installed or on PYTHONPATH?") from None
         loaded.append(item)
+    return loaded
+
+
+def recipe_plugins() -> list[str]:
+    """Import the plug-ins named by every recipe on the search path; the plug-ins imported."""
+    from dfkd.config import compose, list_recipes
+
+    loaded = []
+    for name in list_recipes():
+        loaded += load_plugins(compose(name).plugins)
     return loaded

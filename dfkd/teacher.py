@@ -1,6 +1,7 @@
-"""Supervised training of teachers on real data (`python train.py recipe=teacher_*`): the shipped teachers
-under checkpoints/teachers/ are the output of these recipes. The teacher file is a dfkd model file (same
-format as exported students), so a distillation recipe can point at it."""
+"""Supervised training of teachers on real data (`python train.py recipe=teacher_*`). A teacher recipe names its
+architecture through the `teacher` config group, like a distillation recipe, and writes `<run>/teacher.pt`, a dfkd
+model file (the format of exported students), into its own run folder: never over a shipped or existing teacher.
+Point a distillation recipe at it with `teacher.checkpoint=<run>/teacher.pt`."""
 from __future__ import annotations
 
 import time
@@ -12,10 +13,14 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from dfkd.augment import build_augment
-from dfkd.checkpoint_io import build_classifier, save_model_file
+from dfkd.build import build_model_of, evaluate
+from dfkd.checkpoint_io import save_model_file
 from dfkd.config import to_plain
-from dfkd.distill import build_optimizer, build_scheduler
+from dfkd.data import build_splits
 from dfkd.models import count_params
+from dfkd.optim import build_optimizer, build_scheduler
+from dfkd.rundir import is_rank_zero, prepare_run_dir, run_dir_of, versions, write_json
+from dfkd.trainer import build_trainer
 
 
 class TeacherModule(pl.LightningModule):
@@ -26,7 +31,7 @@ class TeacherModule(pl.LightningModule):
 
     def configure_optimizers(self):
         opt = build_optimizer(self.classifier.parameters(), self.train_cfg["optimizer"])
-        sched = build_scheduler(opt, self.train_cfg.get("scheduler"), self.total_steps)
+        sched = build_scheduler(opt, self.train_cfg["scheduler"], self.total_steps)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def training_step(self, batch, batch_idx):
@@ -41,16 +46,12 @@ class TeacherModule(pl.LightningModule):
 
 
 def train_teacher(cfg: DictConfig) -> dict | None:
-    from dfkd.data import build_splits
-    from dfkd.run import build_trainer, evaluate, is_rank_zero, prepare_run_dir, run_dir_of, versions, write_json
-
     t0 = time.perf_counter()
     run_dir = prepare_run_dir(cfg) if is_rank_zero() else run_dir_of(cfg)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    d, m, tr = cfg.data, cfg.model, cfg.train
+    d, t, tr = cfg.data, cfg.teacher, cfg.train
     splits = build_splits(d)
-    clf = build_classifier(m.arch, m.get("arch_kwargs") or {}, d.num_classes, d.channels, d.image_size,
-                           m.get("input_size") or d.image_size, m.get("resize", "pad"), d.mean, d.std)
+    clf = build_model_of(t, d)
     g = torch.Generator().manual_seed(int(cfg.seed))
     train_loader = DataLoader(splits.train, batch_size=int(tr.batch_size), shuffle=True, drop_last=True,
                               num_workers=int(d.num_workers), generator=g)
@@ -62,13 +63,14 @@ def train_teacher(cfg: DictConfig) -> dict | None:
     if not trainer.is_global_zero:
         return None
     acc = evaluate(clf, splits.val)
-    out = save_model_file(cfg.output, clf.cpu(), {
-        "arch": m.arch, "arch_kwargs": to_plain(m).get("arch_kwargs") or {}, "num_classes": int(d.num_classes),
+    out = save_model_file(run_dir / "teacher.pt", clf.cpu(), {
+        "arch": t.arch, "arch_kwargs": to_plain(t)["arch_kwargs"] or {}, "num_classes": int(d.num_classes),
         "in_chans": int(d.channels), "recipe": to_plain(cfg), "metrics": {"heldout_acc": acc}})
-    summary = {"recipe": cfg.recipe, "run": str(cfg.run), "arch": m.arch, "params": count_params(clf.model),
+    summary = {"recipe": cfg.recipe, "run": str(cfg.run), "arch": t.arch, "params": count_params(clf.model),
                "heldout_acc": acc, "heldout_set": f"{d.name}: {len(splits.val)} real images never used for training",
                "train_images": len(splits.train), "epochs": int(tr.epochs), "wall_time_s": time.perf_counter() - t0,
                "output": str(out), "versions": versions()}
     write_json(run_dir / "summary.json", summary)
-    print(f"\n== teacher {m.arch}: held-out acc {acc:.4f}, {summary['wall_time_s']:.0f} s -> {out}")
+    print(f"\n== teacher {t.arch}: held-out acc {acc:.4f}, {summary['wall_time_s']:.0f} s -> {out}\n"
+          f"use it with: teacher.checkpoint={out}")
     return summary

@@ -56,44 +56,42 @@ def _timed(fn, n: int, device: torch.device) -> float:
 
 def measure(method: str, device: torch.device, variant: str, synth_batch: int | None, kd_batch: int,
             calls: int, di_iters: int) -> dict:
-    from dfkd.config import compose, to_plain
+    from dfkd.build import build_student, build_synthesizer, build_teacher, image_shape
+    from dfkd.config import compose
     from dfkd.losses import KD_LOSSES
-    from dfkd.run import build_student, build_teacher
-    from dfkd.synthesizers import SYNTHESIZERS
     from dfkd.synthesizers.base import SynthContext
 
     recipe, extra = METHODS[method]
-    # KegNet's recipe compresses its teacher (student=tucker); here every method gets the same ResNet-18
-    cfg = compose(recipe, [*PAIR, *extra, *(["~student.arch_kwargs"] if "arch_kwargs" in compose(recipe).student else [])])
+    base = compose(recipe)
+    over = [*PAIR, *extra]
+    if "arch_kwargs" in base.student and base.student.arch == "tucker":
+        over += ["~student.arch_kwargs", "+student.arch_kwargs={}"]  # KegNet's recipe compresses its teacher; here every method gets ResNet-18
+    if synth_batch:
+        over.append(f"synthesizer.batch_size={synth_batch}")
+    paper_iters = int(base.synthesizer.get("iterations", 0))
+    if base.synthesizer.name == "deepinversion":
+        over.append(f"synthesizer.iterations={di_iters}")
+    if "adversarial_after" in base.synthesizer:
+        over.append("synthesizer.adversarial_after=0")  # time every loss term, the adversarial one included
+    cfg = compose(recipe, over)
+    name = cfg.synthesizer.name
+    note = f"extrapolated from {di_iters} of {paper_iters} steps" if name == "deepinversion" else ""
     torch.manual_seed(0)
     teacher = build_teacher(cfg).to(device)
     student = build_student(cfg, teacher).to(device)
     bf16 = "bf16" in variant
     if "channels_last" in variant:
         teacher, student = teacher.to(memory_format=torch.channels_last), student.to(memory_format=torch.channels_last)
-    syn = dict(to_plain(cfg.synthesizer))
-    name = syn.pop("name")
-    if synth_batch:
-        syn["batch_size"] = synth_batch
-    note = ""
-    if name == "deepinversion":
-        note = f"extrapolated from {di_iters} of {syn['iterations']} steps"
-        paper_iters, syn["iterations"] = int(syn["iterations"]), di_iters
     d = cfg.data
-    synth = SYNTHESIZERS.build(name, **syn, num_classes=int(d.num_classes),
-                               image_shape=(int(d.channels), int(d.image_size), int(d.image_size)),
-                               mean=list(d.mean), std=list(d.std)).to(device)
+    synth = build_synthesizer(cfg, teacher).to(device)
     synth.optimizers()
-    synth.attach(teacher, student, SynthContext(num_classes=int(d.num_classes),
-                                                image_shape=(int(d.channels), int(d.image_size), int(d.image_size)),
+    synth.attach(teacher, student, SynthContext(num_classes=int(d.num_classes), image_shape=image_shape(d),
                                                 mean=tuple(d.mean), std=tuple(d.std), device=device))
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
-    # a step past any warm-up, so the timed calls include every loss term (e.g. FastDFKD's adversarial term)
-    late = int(syn.get("warmup", 0) or 0) + 1
 
-    def synth_call(i):
+    def synth_call(_):
         with autocast():
-            synth.synthesize(late + i)
+            synth.synthesize()
 
     sec = _timed(synth_call, calls, device)
     batch = synth.batch_size

@@ -11,11 +11,13 @@ from dfkd.synthesizers import SYNTHESIZERS, SynthBatch, Synthesizer
 
 @SYNTHESIZERS.register("noise")
 class NoiseSynthesizer(Synthesizer):
+    test_settings = {"batch_size": 8}  # the smallest settings: the contract tests build it with these
+
     def __init__(self, batch_size: int = 64, blur: int = 3, **data):
         super().__init__(batch_size, **data)
         self.blur = int(blur)
 
-    def synthesize(self, step: int) -> SynthBatch:
+    def synthesize(self) -> SynthBatch:
         c, h, w = self.ctx.image_shape
         x = torch.rand(self.batch_size, c, h, w, generator=self.rng, device=self.rng.device).to(self.ctx.device)
         if self.blur > 1:  # low-pass: closer to natural image statistics than white noise

@@ -13,7 +13,7 @@ from dfkd.bench import aggregate, embedded_recipes, mean_std
 from dfkd.callbacks import read_curve
 from dfkd.export import load_student
 
-from tests.test_run import LOOP, ROOT, SMALL, train
+from tests.helpers import LOOP, ROOT, small, train
 
 
 def test_mean_std_by_hand():
@@ -49,7 +49,7 @@ def test_embedded_recipes_are_the_cpu_distillation_recipes():
 @pytest.mark.slow
 def test_time_budget_stops_the_run_and_exports_its_final_student(tmp_path):
     loop = [o for o in LOOP if not o.startswith(("distill.epochs=", "distill.iterations_per_epoch="))]
-    out = train(tmp_path, "dafl_lenet", "run=b", *loop, *SMALL["dafl"], "distill.epochs=50",
+    out = train(tmp_path, "dafl_lenet", "run=b", *loop, *small("dafl_lenet"), "distill.epochs=50",
                 "distill.iterations_per_epoch=20", "trainer.max_minutes=0.02")
     s = json.loads((tmp_path / "b" / "summary.json").read_text())
     assert s["stopped_by_budget"] is True and s["budget_minutes"] == 0.02

@@ -27,7 +27,7 @@ def test_gradients_reach_the_pixels_and_never_teacher_or_student():
     assert g.abs().sum() > 0 and set(terms) >= {"bn", "ce", "tv_l2", "tv_l1", "l2", "adi"}
     student.train()
     student_before = {k: v.clone() for k, v in student.state_dict().items()}
-    batch = syn.synthesize(0)
+    batch = syn.synthesize()
     assert batch.images.shape == (8, 1, 12, 12) and not batch.images.requires_grad
     assert batch.images.min() >= 0 and batch.images.max() <= 1
     assert_teacher_untouched(teacher, before)
@@ -44,7 +44,7 @@ def test_optimization_lowers_the_loss_and_keeps_the_best_batch():
     targets = syn.sample_targets(8)
     z0 = syn.randn(8, 1, 12, 12)
     first = sum(syn.w[k] * v for k, v in syn.loss_terms(z0, targets).items() if k in syn.w).item()
-    batch = syn.synthesize(0)
+    batch = syn.synthesize()
     assert batch.losses["total"] < first
     z_best = (batch.images - syn.data_mean) / syn.data_std
     # re-scoring the returned batch (no jitter) gives its recorded best loss
@@ -66,9 +66,9 @@ def test_targets_are_class_balanced_and_ranks_differ():
 def test_rng_state_round_trip_reproduces_synthesis():
     syn, *_ = make(iterations=2)
     state = {k: v.clone() for k, v in syn.extra_state().items()}
-    a = syn.synthesize(0).images
+    a = syn.synthesize().images
     syn.load_extra_state(state)
-    b = syn.synthesize(0).images
+    b = syn.synthesize().images
     assert torch.equal(a, b)
 
 

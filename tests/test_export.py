@@ -1,6 +1,5 @@
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -8,16 +7,15 @@ import torch
 import dfkd
 from dfkd.checkpoint_io import clean_state_dict
 from dfkd.export import export_run
+from dfkd.config import compose
 from dfkd.run import main
-from tests.test_run import cfg_for
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import LOOP, ROOT, small
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("runs")
-    main(cfg_for(tmp, "run=exp"))
+    main(compose("deepinversion_resnet", [f"paths.runs={tmp}", "run=exp", *LOOP, *small("deepinversion_resnet")]))
     return tmp / "exp"
 
 

@@ -10,7 +10,7 @@ from pytorch_lightning.plugins.precision import MixedPrecision
 import dfkd.distill as distill
 from dfkd.config import compose
 from dfkd.run import main
-from tests.test_run import LOOP, SMALL
+from tests.helpers import LOOP, small
 
 
 @pytest.fixture
@@ -38,7 +38,7 @@ def test_student_and_generator_are_clipped_on_unscaled_gradients(tmp_path, monke
 
     monkeypatch.setattr(distill.DistillModule, "on_before_optimizer_step", recording)
     max_norm = 1e-3  # far below the natural gradient norms, so every step is clipped to exactly this
-    main(compose("zskt_wrn", [f"paths.runs={tmp_path}", "run=clip", *LOOP, *SMALL["zskt"],
+    main(compose("zskt_wrn", [f"paths.runs={tmp_path}", "run=clip", *LOOP, *small("zskt_wrn"),
                               f"distill.grad_clip={max_norm}", f"synthesizer.grad_clip={max_norm}"]))
     # steps whose scaled gradients overflowed are skipped by the scaler; every other one was clipped
     finite = [(is_student, norm, scale) for is_student, norm, scale in norms if norm == norm and norm < float("inf")]
@@ -49,6 +49,6 @@ def test_student_and_generator_are_clipped_on_unscaled_gradients(tmp_path, monke
 
 
 def test_hand_set_gradients_are_refused_under_fp16_loss_scaling(tmp_path, fp16_loss_scaling):
-    cfg = compose("fastdfkd_resnet", [f"paths.runs={tmp_path}", "run=fp16", *LOOP, *SMALL["fastdfkd"]])
+    cfg = compose("fastdfkd_resnet", [f"paths.runs={tmp_path}", "run=fp16", *LOOP, *small("fastdfkd_resnet")])
     with pytest.raises(ValueError, match="bf16-mixed"):
         main(cfg)

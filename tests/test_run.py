@@ -1,124 +1,71 @@
-"""End-to-end runs through `train.py` (subprocesses, as a user runs them) and the run-level error paths
-(in-process). Budgets are tiny: these check wiring, state and files, not accuracy."""
+"""Runs of the recipes: every embedded recipe for a few iterations (in-process), every paper-scale recipe built
+(compose, every part, one forward), one real command-line run and DDP runs (subprocesses, as a user runs them),
+and the run-level error paths. Budgets are tiny: these check wiring, state and files, not accuracy."""
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 import dfkd
+from dfkd.build import build_student, build_synthesizer, build_teacher, image_shape
 from dfkd.config import compose, list_recipes
-from dfkd.run import RunError, build_teacher, main
+from dfkd.run import main
+from dfkd.rundir import RunError
+from dfkd.synthesizers import SynthContext
+from tests.helpers import FAKE, LOOP, embedded_distill_recipes, load_ckpt, run, small, train
 
-ROOT = Path(__file__).resolve().parents[1]
-LOOP = ["distill.epochs=2", "distill.iterations_per_epoch=2", "distill.synth_every=1", "distill.kd_steps=1",
-        "distill.batch_size=8", "bank.capacity=64", "trainer.accelerator=cpu", "log.image_every=1"]
-SMALL = {  # per synthesizer: the smallest settings that still run every code path
-    "deepinversion": ["synthesizer.batch_size=8", "synthesizer.iterations=2"],
-    "dafl": ["synthesizer.batch_size=8", "synthesizer.ngf=4"],
-    "dfad": ["synthesizer.batch_size=8", "synthesizer.ngf=4"],
-    "zskt": ["synthesizer.batch_size=8", "synthesizer.ngf=4"],
-    "fastdfkd": ["synthesizer.batch_size=8", "synthesizer.ngf=4", "synthesizer.g_steps=2", "synthesizer.warmup=1",
-                 "synthesizer.reset_l0_at=2"],
-    "kegnet": ["synthesizer.batch_size=8", "synthesizer.generators=2"],
-    "noise": ["synthesizer.batch_size=8"],   # examples/noise_synthesizer.py, a plug-in from outside the package
-}
-TINY = LOOP + SMALL["deepinversion"]
-# paper-scale recipes run on FakeData with a random teacher
-FAKE = ["data=fake", "teacher.checkpoint=null", "teacher.random_init=true", "data.image_size=32"]
+PAPER_SCALE = [r for r in list_recipes() if compose(r).task == "distill" and r not in embedded_distill_recipes()]
 
 
-def train(tmp_path, recipe, *overrides, check=True):
-    cmd = [sys.executable, str(ROOT / "train.py"), f"recipe={recipe}", f"paths.runs={tmp_path}", *overrides]
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
-    if check and out.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}")
-    return out
-
-
-def distill_recipes():
-    return [r for r in list_recipes() if compose(r).task == "distill"]
-
-
-def load_ckpt(path):
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("recipe", distill_recipes())
-def test_every_distill_recipe_runs_a_smoke_step(tmp_path, recipe):
-    cfg = compose(recipe)
-    extra = FAKE if cfg.data.name != "mnist_embedded" else []
-    warm = ["distill.warmup_iterations=1"] if cfg.distill.get("warmup_iterations") else []
-    train(tmp_path, recipe, "run=smoke", *LOOP, *SMALL[cfg.synthesizer.name], *extra, *warm)
-    run = tmp_path / "smoke"
-    for name in ("last.ckpt", "best.ckpt", "recipe.yaml", "summary.json", "student.pt", "samples.png"):
-        assert (run / name).is_file(), name
-    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
-    s = json.loads((run / "summary.json").read_text())
-    assert s["images_synthesized"] >= 2 * 2 * 8 and s["iterations"] == 4
+def check_run_folder(run_dir, iterations=4, channels=1, size=28):
+    for name in ("last.ckpt", "best.ckpt", "recipe.yaml", "summary.json", "student.pt", "samples.png", "curve.csv"):
+        assert (run_dir / name).is_file(), name
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    s = json.loads((run_dir / "summary.json").read_text())
+    assert s["images_synthesized"] >= 2 * 8 and s["iterations"] == iterations
     assert 0 <= s["student"]["heldout_acc"] <= 1 and s["synthesis_time_s"] > 0
     assert {"torch", "pytorch_lightning", "timm", "kornia"} <= set(s["versions"])
-    student = dfkd.load_student(run / "student.pt")
-    c, h = (1, 28) if not extra else (3, 32)
-    assert student(torch.rand(2, c, h, h)).shape == (2, 10)
-
-
-RESUMABLE = ["deepinversion_resnet", "dafl_lenet", "kegnet_lenet", "fastdfkd_resnet", "zskt_wrn"]
-REPLAY = "++distill.replay={capacity:12,fraction:0.5}"
+    student = dfkd.load_student(run_dir / "student.pt")
+    assert student(torch.rand(2, channels, size, size)).shape == (2, 10)
+    return s
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe", RESUMABLE)
-def test_killed_run_resumes_to_the_same_state_as_an_uninterrupted_one(tmp_path, recipe):
-    name = compose(recipe).synthesizer.name
-    budget = [*LOOP, *SMALL[name], "distill.epochs=3", "trainer.deterministic=true"]
-    if name == "fastdfkd":  # the warm-up switch and the re-initialization fall after the resume point
-        budget += ["synthesizer.warmup=3", "synthesizer.reset_l0_at=5"]
-    if name == "zskt":  # with a replay memory, which must come back whole
-        budget += [REPLAY, "distill.kd_steps=2"]
-    train(tmp_path, recipe, "run=straight", *budget)
-    killed = train(tmp_path, recipe, "run=crash", *budget, "debug.kill_at_iteration=3", check=False)
-    assert killed.returncode == -9, killed.stderr[-2000:]
-    mid = load_ckpt(tmp_path / "crash" / "last.ckpt")
-    assert mid["dfkd"]["iteration"] == 2 and not (tmp_path / "crash" / "summary.json").exists()
-    train(tmp_path, recipe, "run=crash", *budget, "resume=true")
+@pytest.mark.parametrize("recipe", embedded_distill_recipes())
+def test_every_embedded_recipe_runs_a_smoke_step(tmp_path, recipe):
+    run(tmp_path, recipe, "run=smoke", *LOOP, *small(recipe))
+    check_run_folder(tmp_path / "smoke")
 
-    a, b = load_ckpt(tmp_path / "straight" / "last.ckpt"), load_ckpt(tmp_path / "crash" / "last.ckpt")
-    assert a["global_step"] == b["global_step"] and a["epoch"] == b["epoch"]
-    assert a["dfkd"]["iteration"] == b["dfkd"]["iteration"] == 6
-    assert set(a["state_dict"]) == set(b["state_dict"])
-    # student, generators, decoders (every parameter and buffer of the module)
-    for k, v in a["state_dict"].items():
-        torch.testing.assert_close(b["state_dict"][k], v, rtol=1e-5, atol=1e-6, msg=f"{k} differs")
-    ra, rb = a["dfkd"]["per_rank"][0], b["dfkd"]["per_rank"][0]
-    if ra["bank"]["images"] is not None:
-        assert torch.equal(ra["bank"]["images"], rb["bank"]["images"]), "resumed run synthesized different images"
-    if ra.get("replay") is not None:
-        assert ra["replay"]["size"] == rb["replay"]["size"] == 12
-        assert torch.equal(ra["replay"]["images"], rb["replay"]["images"])
-        torch.testing.assert_close(rb["replay"]["targets"], ra["replay"]["targets"])
-    assert ra["images_synthesized"] == rb["images_synthesized"]
-    for key in ("calls", "bn_ema"):  # synthesizer counters and EMA statistics (FastDFKD)
-        if key in ra["synth"]:
-            torch.testing.assert_close(rb["synth"][key], ra["synth"][key])
-    assert len(a["optimizer_states"]) == len(b["optimizer_states"]) == 1 + len(a["optimizer_states"][1:])
-    for sa, sb in zip(a["optimizer_states"], b["optimizer_states"]):
-        for pid, st in sa["state"].items():
-            for key, v in st.items():
-                torch.testing.assert_close(sb["state"][pid][key], v, rtol=1e-5, atol=1e-6)
-    assert [s["last_epoch"] for s in a["lr_schedulers"]] == [s["last_epoch"] for s in b["lr_schedulers"]]
-    assert json.loads((tmp_path / "crash" / "summary.json").read_text())["resumed"] is True
+
+@pytest.mark.parametrize("recipe", PAPER_SCALE)
+def test_every_paper_scale_recipe_builds_every_part(recipe):
+    """Paper-scale recipes on FakeData with a random teacher: teacher, student and synthesizer build, the
+    synthesizer attaches, and teacher and student take a batch of the data's images."""
+    cfg = compose(recipe, FAKE)
+    teacher = build_teacher(cfg)
+    student = build_student(cfg, teacher)
+    synthesizer = build_synthesizer(cfg, teacher)
+    d = cfg.data
+    synthesizer.attach(teacher, student, SynthContext(int(d.num_classes), image_shape(d), tuple(d.mean),
+                                                      tuple(d.std), torch.device("cpu")))
+    x = torch.rand(2, *image_shape(d))
+    with torch.no_grad():
+        assert teacher(x).shape == student.eval()(x).shape == (2, d.num_classes)
+    synthesizer.detach()
+
+
+@pytest.mark.slow
+def test_a_plugin_recipe_runs_from_the_command_line(tmp_path):
+    """The user's command, end to end, with a synthesizer registered from outside the package."""
+    out = train(tmp_path, "example_noise_resnet", "run=cli", *LOOP, *small("example_noise_resnet"))
+    s = check_run_folder(tmp_path / "cli")
+    assert s["synthesizer"] == "noise" and "student held-out acc" in out.stdout
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", ["deepinversion_resnet", "dafl_lenet", "fastdfkd_resnet"])
 def test_two_process_ddp_ranks_differ_in_noise_and_agree_on_weights(tmp_path, recipe):
-    name = compose(recipe).synthesizer.name
-    extra = ["synthesizer.warmup=1", "synthesizer.reset_l0_at=3"] if name == "fastdfkd" else []
-    train(tmp_path, recipe, "run=ddp", *LOOP, *SMALL[name], *extra, "trainer.devices=2", "trainer.strategy=auto")
+    train(tmp_path, recipe, "run=ddp", *LOOP, *small(recipe), "trainer.devices=2", "trainer.strategy=auto")
     ck = load_ckpt(tmp_path / "ddp" / "last.ckpt")
     r0, r1 = ck["dfkd"]["per_rank"]
     assert not torch.equal(r0["synth"]["rng"], r1["synth"]["rng"]), "ranks share one noise stream"
@@ -134,7 +81,8 @@ def test_two_process_ddp_ranks_differ_in_noise_and_agree_on_weights(tmp_path, re
 # -- errors: clear, and nothing lost ------------------------------------------------------------------
 
 def cfg_for(tmp_path, *overrides):
-    return compose("deepinversion_resnet", [f"paths.runs={tmp_path}", *TINY, "distill.epochs=1", *overrides])
+    return compose("deepinversion_resnet", [f"paths.runs={tmp_path}", *LOOP, *small("deepinversion_resnet"),
+                                            "distill.epochs=1", *overrides])
 
 
 def test_resume_without_checkpoint_is_an_error(tmp_path):
@@ -165,7 +113,7 @@ def test_teacher_class_count_mismatch_is_reported(tmp_path):
 
 
 def test_teacher_without_batchnorm_is_refused_for_deepinversion(tmp_path):
-    with pytest.raises(RunError, match="no BatchNorm"):
+    with pytest.raises(RunError, match="no BatchNorm.*dafl"):  # names the methods that fit
         main(cfg_for(tmp_path, "teacher.arch=lenet5", "teacher.checkpoint=null", "teacher.random_init=true",
                      "teacher.input_size=32"))
 
@@ -211,8 +159,7 @@ def test_teacher_scores_a_repeated_pseudo_batch_once(tmp_path, monkeypatch, reci
         self.teacher.register_forward_hook(lambda m, i, o: calls.append(self.iteration) if self.training else None)
 
     monkeypatch.setattr(distill.DistillModule, "on_fit_start", counting)
-    name = compose(recipe).synthesizer.name
-    cfg = compose(recipe, [f"paths.runs={tmp_path}", "run=cached", *LOOP, *SMALL[name], "distill.kd_steps=3"])
+    cfg = compose(recipe, [f"paths.runs={tmp_path}", "run=cached", *LOOP, *small(recipe), "distill.kd_steps=3"])
     main(cfg)
     assert len(calls) == 4 * teacher_calls_per_iteration
     assert sorted(set(calls)) == [0, 1, 2, 3]
@@ -222,22 +169,24 @@ def test_replay_memory_keeps_the_latest_images_with_the_teachers_logits(tmp_path
     """`distill.replay`: each KD batch is half fresh images, half replayed ones with their stored teacher logits."""
     import dfkd.distill as distill
 
+    from dfkd.kd_batches import KDBatchSource
+
     fresh, batches = [], []  # each KD step's fresh batch, and what the student was trained on
-    fit_start, kd_batch = distill.DistillModule.on_fit_start, distill.DistillModule._kd_batch
+    fit_start, draw = distill.DistillModule.on_fit_start, KDBatchSource.draw
 
     def recording(self):
         fit_start(self)
         self.student.register_forward_hook(lambda m, i, o: batches.append(i[0].detach()) if m.training else None)
 
-    def recording_kd_batch(self):
-        x = kd_batch(self)
+    def recording_draw(self, synthesizer):
+        x = draw(self, synthesizer)
         fresh.append(x.detach())
         return x
 
     monkeypatch.setattr(distill.DistillModule, "on_fit_start", recording)
-    monkeypatch.setattr(distill.DistillModule, "_kd_batch", recording_kd_batch)
-    cfg = compose("zskt_wrn", [f"paths.runs={tmp_path}", "run=replay", *LOOP, *SMALL["zskt"], "distill.kd_steps=2",
-                               "++distill.replay={capacity:12,fraction:0.25}"])
+    monkeypatch.setattr(KDBatchSource, "draw", recording_draw)
+    cfg = compose("zskt_wrn", [f"paths.runs={tmp_path}", "run=replay", *LOOP, *small("zskt_wrn"), "distill.kd_steps=2",
+                               "distill.replay.capacity=12", "distill.replay.fraction=0.25"])
     main(cfg)
     memory = load_ckpt(tmp_path / "replay" / "last.ckpt")["dfkd"]["per_rank"][0]["replay"]
     assert memory["size"] == 12 and memory["added"] == 4 * 8   # 4 pseudo-batches of 8 went through 12 slots
@@ -252,5 +201,5 @@ def test_replay_memory_keeps_the_latest_images_with_the_teachers_logits(tmp_path
 
 def test_replay_fraction_outside_0_1_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="replay.fraction"):
-        main(compose("zskt_wrn", [f"paths.runs={tmp_path}", *LOOP, *SMALL["zskt"],
-                                  "++distill.replay={capacity:12,fraction:1.0}"]))
+        main(compose("zskt_wrn", [f"paths.runs={tmp_path}", *LOOP, *small("zskt_wrn"),
+                                  "distill.replay.capacity=12", "distill.replay.fraction=1.0"]))

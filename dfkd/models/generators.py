@@ -1,4 +1,4 @@
-"""Generators of the generative and adversarial DFKD methods, re-implemented from the papers / METHODS.md.
+"""Generators of the generative and adversarial DFKD methods, re-implemented from the papers.
 
 `UpsampleGenerator` is the shared trunk of DAFL, DFAD, ZSKT and FastDFKD:
     z -> Linear(nz -> ngf*2 * s*s) -> BN -> up x2 -> Conv3x3(2ngf->2ngf) -> BN -> LReLU(0.2)

@@ -1,18 +1,32 @@
 """The synthesizer plug-in interface. A synthesizer holds only its method's math; the base class owns what
-every method shares: the frozen teacher (eval, no grad, asserted), a per-rank random generator
-(`seed + rank`, so GPUs synthesize different images), and the bookkeeping of loss terms.
+every method shares:
+
+- the frozen teacher (eval mode, no grad, asserted on every use) and the student, held outside the module tree
+  so neither is ever part of a synthesizer's state_dict;
+- a per-rank random generator (`seed` and rank), so GPUs synthesize different images; checkpointed;
+- forward hooks on the teacher or student (BN statistics, feature taps): `self.hooks(...)` registers them, and
+  `detach()` closes every one;
+- `scoring_student()`: the student in eval mode with frozen parameters while it scores synthetic images, put
+  back as it was afterwards;
+- the BatchNorm requirement: a method that matches BN statistics sets `uses_bn_stats = True`, and
+  `require_batchnorm` refuses a teacher without BN with a message naming the methods that fit.
 
 Life cycle (driven by `dfkd.distill.DistillModule`):
     __init__(**recipe kwargs, num_classes, image_shape, mean, std)   # build generators (Lightning-owned params)
-    optimizers() -> list[dict]             # {"optimizer": ..., "scheduler": ..., "grad_clip": max norm or None};
+    optimizers() -> list[dict]             # {"optimizer", "scheduler" (or None), "grad_clip" (max norm or None)};
                                            # [] for pixel optimization
     attach(teacher, student, ctx)          # on_fit_start, after DDP wrap: hooks, RNG
-    synthesize(step) -> SynthBatch         # [0,1] NCHW images (+ targets) and the logged loss terms
-    sample(n) -> Tensor | None             # fresh images for one KD step (generators), None: use the batch/bank
+    synthesize() -> SynthBatch             # [0,1] NCHW images (+ targets) and the logged loss terms
+    sample(n) -> Tensor | None             # fresh images for one KD step (generators); None: the batch or the bank
     extra_state() / load_extra_state(d)    # counters, EMA statistics, RNG: tensors and plain values only
+    detach()                               # at fit end: hooks removed
+
+`test_settings` (class attribute) is the smallest constructor settings that still run every code path; the
+contract tests (tests/test_synthesizer_contract.py) build every registered synthesizer with them.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -26,7 +40,7 @@ SYNTHESIZERS = Registry("synthesizer")
 
 @dataclass
 class SynthBatch:
-    images: torch.Tensor                   # [0,1], N x C x H x W, detached
+    images: torch.Tensor                   # [0,1] image space, N x C x H x W, detached
     targets: torch.Tensor | None = None    # sampled labels, if the method conditions on them
     losses: dict[str, float] = field(default_factory=dict)
 
@@ -47,41 +61,67 @@ class SynthContext:
     step: Callable[[torch.optim.Optimizer], None] = lambda opt: opt.step()
 
 
+class TeacherNeedsBatchNorm(ValueError):
+    """The synthesizer matches BatchNorm statistics and the teacher has none."""
+
+
+def require_batchnorm(synthesizer: "Synthesizer", teacher: nn.Module, name: str | None = None) -> None:
+    """Refuse a teacher without BatchNorm for a method that matches BN statistics (the one place it is checked)."""
+    from dfkd.hooks import batchnorm_layers
+
+    if not synthesizer.uses_bn_stats or batchnorm_layers(teacher):
+        return
+    fits = [n for n in SYNTHESIZERS.names() if not getattr(SYNTHESIZERS.get(n), "uses_bn_stats", False)]
+    raise TeacherNeedsBatchNorm(
+        f"synthesizer '{name or type(synthesizer).__name__}' matches BatchNorm statistics but the teacher has no "
+        f"BatchNorm layer. Use a teacher with BatchNorm (e.g. teacher=resnet8_mnist) or a synthesizer that needs "
+        f"none: {', '.join(fits)}.")
+
+
 class Synthesizer(nn.Module):
-    uses_bn_stats = False   # subclasses that match teacher BN statistics set True (checked at attach)
+    uses_bn_stats = False          # True: matches teacher BN statistics; teachers without BN are refused
+    sets_gradients_by_hand = False  # True: writes .grad itself (meta-gradients); fp16 loss scaling is refused
+    bounded_images = True          # False: a BN-headed generator whose images may leave [0,1], as in its paper
+    test_settings: dict = {}       # tiny constructor settings for the contract tests
 
     def __init__(self, batch_size: int, num_classes: int | None = None, image_shape=None, mean=None, std=None):
         super().__init__()
         self.batch_size = int(batch_size)
+        if self.batch_size < 1:
+            raise ValueError(f"synthesizer.batch_size must be >= 1, got {batch_size}")
         # what the data looks like, known at construction so generators can be built before attach()
         self.num_classes = num_classes
         self.image_shape = tuple(image_shape) if image_shape is not None else None
         if mean is not None:
-            c = len(mean)
-            self.register_buffer("data_mean", torch.tensor(list(mean), dtype=torch.float32).view(1, c, 1, 1), persistent=False)
-            self.register_buffer("data_std", torch.tensor(list(std), dtype=torch.float32).view(1, c, 1, 1), persistent=False)
+            self._set_data_stats(mean, std)
         self._teacher = self._student = None
+        self._hooks: list = []
         self.ctx: SynthContext | None = None
         self.rng: torch.Generator | None = None
+
+    def _set_data_stats(self, mean, std) -> None:
+        c = len(mean)
+        self.register_buffer("data_mean", torch.tensor(list(mean), dtype=torch.float32).view(1, c, 1, 1), persistent=False)
+        self.register_buffer("data_std", torch.tensor(list(std), dtype=torch.float32).view(1, c, 1, 1), persistent=False)
 
     # -- plug-in interface -------------------------------------------------------------------------
     def optimizers(self) -> list[dict]:
         return []
 
     def attach(self, teacher: nn.Module, student: nn.Module, ctx: SynthContext) -> None:
+        """Subclasses that register hooks call `super().attach(...)` first, then `self.hooks(...)`."""
+        require_batchnorm(self, teacher)
         # stored outside nn.Module registration: the teacher is never part of a synthesizer's state_dict
         object.__setattr__(self, "_teacher", teacher)
         object.__setattr__(self, "_student", student)
         self.ctx = ctx
         if not hasattr(self, "data_mean"):  # not given at construction: take it from the context
-            c = len(ctx.mean)
-            self.register_buffer("data_mean", torch.tensor(list(ctx.mean), dtype=torch.float32).view(1, c, 1, 1), persistent=False)
-            self.register_buffer("data_std", torch.tensor(list(ctx.std), dtype=torch.float32).view(1, c, 1, 1), persistent=False)
+            self._set_data_stats(ctx.mean, ctx.std)
         self.data_mean, self.data_std = self.data_mean.to(ctx.device), self.data_std.to(ctx.device)
         self.rng = torch.Generator(device=ctx.device)
         self.rng.manual_seed(int(ctx.seed) * 1000 + 17 + ctx.rank)
 
-    def synthesize(self, step: int) -> SynthBatch:
+    def synthesize(self) -> SynthBatch:
         raise NotImplementedError
 
     def sample(self, n: int) -> torch.Tensor | None:
@@ -96,9 +136,17 @@ class Synthesizer(nn.Module):
             self.rng.set_state(state["rng"].cpu() if self.rng.device.type == "cpu" else state["rng"])
 
     def detach(self) -> None:
-        """Undo attach (remove hooks); called at fit end."""
+        """Undo attach: every hook registered through `hooks()` is removed."""
+        for h in self._hooks:
+            h.close()
+        self._hooks = []
 
     # -- helpers shared by the methods --------------------------------------------------------------
+    def hooks(self, hooks):
+        """Own `hooks` (anything with `close()`: BNStatHooks, FeatureTaps): `detach()` closes them."""
+        self._hooks.append(hooks)
+        return hooks
+
     @property
     def teacher(self) -> nn.Module:
         t = self._teacher
@@ -109,6 +157,23 @@ class Synthesizer(nn.Module):
     @property
     def student(self) -> nn.Module:
         return self._student
+
+    @contextlib.contextmanager
+    def scoring_student(self):
+        """The student in eval mode with frozen parameters while it scores synthetic images for a synthesis loss
+        (so synthesis never moves the student or its BN statistics); restored afterwards."""
+        student = self.student
+        was_training = student.training
+        flags = [p.requires_grad for p in student.parameters()]
+        student.eval()
+        for p in student.parameters():
+            p.requires_grad_(False)
+        try:
+            yield student
+        finally:
+            for p, f in zip(student.parameters(), flags):
+                p.requires_grad_(f)
+            student.train(was_training)
 
     def sample_targets(self, n: int, balanced: bool = True) -> torch.Tensor:
         """Labels to condition on: a shuffled, class-balanced set (or i.i.d. uniform)."""

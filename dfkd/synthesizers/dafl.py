@@ -1,4 +1,4 @@
-"""DAFL: Data-Free Learning of Student Networks (Chen et al., ICCV 2019), METHODS.md 1.2.
+"""DAFL: Data-Free Learning of Student Networks (Chen et al., ICCV 2019), eq. 2-5.
 
 A generator G is trained so that the frozen teacher T treats its images like real data:
 
@@ -36,6 +36,7 @@ def one_hot_loss(logits: torch.Tensor) -> torch.Tensor:
 
 @SYNTHESIZERS.register("dafl")
 class DAFL(GeneratorSynthesizer):
+    test_settings = {"batch_size": 8, "nz": 8, "ngf": 4, "lr": 0.01, "cosine_steps": 10}
     def __init__(self, batch_size: int = 512, nz: int = 100, ngf: int = 64, lr: float = 0.2,
                  betas=(0.5, 0.999), oh: float = 1.0, ie: float = 5.0, a: float = 0.1,
                  feature_layer: str | None = None, bn_eps: float = 0.8, cosine_steps: int | None = None, **data):
@@ -47,21 +48,15 @@ class DAFL(GeneratorSynthesizer):
 
     def attach(self, teacher, student, ctx):
         super().attach(teacher, student, ctx)
-        if self.taps is None:
-            self.feature_layer = self.feature_layer or classifier_head(teacher.model)
-            self.taps = FeatureTaps(teacher.model, [self.feature_layer], io="input")
-
-    def detach(self):
-        if self.taps is not None:
-            self.taps.close()
-            self.taps = None
+        self.feature_layer = self.feature_layer or classifier_head(teacher.model)
+        self.taps = self.hooks(FeatureTaps(teacher.model, [self.feature_layer], io="input"))
 
     def loss_terms(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         t_logits = self.teacher(x)
         return {"oh": one_hot_loss(t_logits), "ie": information_entropy_loss(t_logits),
                 "a": activation_loss(self.taps[self.feature_layer]), "logits": t_logits}
 
-    def synthesize(self, step: int) -> SynthBatch:
+    def synthesize(self) -> SynthBatch:
         x = self.generate(self.latents(self.batch_size))
         terms = self.loss_terms(x)
         loss = sum(self.w[k] * terms[k] for k in self.w)

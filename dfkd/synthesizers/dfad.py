@@ -1,4 +1,4 @@
-"""DFAD: Data-Free Adversarial Distillation (Fang et al., arXiv 1912.11006), METHODS.md 1.6.
+"""DFAD: Data-Free Adversarial Distillation (Fang et al., arXiv 1912.11006), eq. 5.
 
 Min-max game on the mean absolute error between logits (eq. 5):
     student:    min_S  mean |S(G(z)) - T(G(z))|       (distill.kd_loss=l1, on fresh G(z) each student step)
@@ -19,12 +19,13 @@ from dfkd.synthesizers.generative import GeneratorSynthesizer
 
 @SYNTHESIZERS.register("dfad")
 class DFAD(GeneratorSynthesizer):
+    test_settings = {"batch_size": 8, "nz": 8, "ngf": 4, "cosine_steps": 10}
     def __init__(self, batch_size: int = 512, nz: int = 100, ngf: int = 64, lr: float = 1e-3, betas=(0.9, 0.999),
                  cosine_steps: int | None = None, **data):
         super().__init__(batch_size, nz=nz, ngf=ngf, head="tanh_bn", lr=lr, betas=betas, cosine_steps=cosine_steps,
                          fresh_samples=True, **data)
 
-    def synthesize(self, step: int) -> SynthBatch:
+    def synthesize(self) -> SynthBatch:
         x = self.generate(self.latents(self.batch_size))
         with self.scoring_student() as student:
             s_logits = student(x)

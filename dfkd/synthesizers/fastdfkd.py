@@ -1,4 +1,4 @@
-"""FastDFKD: "Up to 100x Faster Data-free Knowledge Distillation" (Fang et al., AAAI 2022), METHODS.md 1.5.
+"""FastDFKD: "Up to 100x Faster Data-free Knowledge Distillation" (Fang et al., AAAI 2022), Sec. 3-4, Alg. 1.
 
 A meta-learned generator G (sigmoid output, [0,1] images) that adapts to each new batch in a few steps.
 Per synthesize() call:
@@ -7,7 +7,8 @@ Per synthesize() call:
          L = bn * R_BN^mmt(A(G'(z))) + oh * CE(T(A(G'(z))), y) + adv * L_adv
      y uniform random labels; A = differentiable augmentation (RandomCrop + flip on CIFAR, kornia);
      R_BN^mmt compares BN running stats with 0.1 * batch stats + 0.9 * an EMA of earlier batches;
-     L_adv = -mean_i 1[argmax S = argmax T] KL(T||S)_i (decision-adversarial), enabled after `warmup` calls;
+     L_adv = -mean_i 1[argmax S = argmax T] KL(T||S)_i (decision-adversarial), enabled once `adversarial_after`
+     calls have passed (the reference code's `warmup`);
   2. meta update of G: first-order MAML (the inner gradients of G' summed into G's gradient) or Reptile
      (gradient alpha * (G - G')), then one Adam step of the meta optimizer (lr lr_g * g_steps);
      under DDP the meta gradient is averaged over ranks, so every rank keeps the same G;
@@ -42,10 +43,12 @@ def decision_adversarial_loss(s_logits: torch.Tensor, t_logits: torch.Tensor) ->
 class FastDFKD(Synthesizer):
     sets_gradients_by_hand = True  # the meta-gradient: fp16 loss scaling would not apply to it (dfkd/distill.py)
     uses_bn_stats = True
+    test_settings = {"batch_size": 8, "nz": 8, "ngf": 4, "g_steps": 2, "adversarial_after": 3, "reset_l0_at": 5,
+                     "augment": [{"name": "RandomHorizontalFlip"}]}
 
     def __init__(self, batch_size: int = 256, nz: int = 256, ngf: int = 64, g_steps: int = 2, lr_g: float = 5e-3,
                  lr_z: float = 0.015, meta_lr: float | None = None, bn: float = 10.0, oh: float = 0.4,
-                 adv: float = 1.1, bn_momentum: float = 0.9, warmup: int = 20, meta: str = "maml",
+                 adv: float = 1.1, bn_momentum: float = 0.9, adversarial_after: int = 20, meta: str = "maml",
                  reptile_alpha: float = 67.0, reset_l0_at: int | None = 140, first_bn_multiplier: float = 1.0,
                  augment=None, **data):
         super().__init__(batch_size, **data)
@@ -54,7 +57,7 @@ class FastDFKD(Synthesizer):
         c, h, w = self.image_shape
         self.nz, self.g_steps, self.lr_g, self.lr_z = int(nz), int(g_steps), lr_g, lr_z
         self.w = {"bn": bn, "oh": oh, "adv": adv}
-        self.bn_momentum, self.warmup, self.meta = bn_momentum, int(warmup), meta
+        self.bn_momentum, self.adversarial_after, self.meta = bn_momentum, int(adversarial_after), meta
         self.reptile_alpha, self.reset_l0_at = reptile_alpha, reset_l0_at
         self.first_bn_multiplier = first_bn_multiplier
         self.generator = UpsampleGenerator(nz, ngf, h, c, head="sigmoid")
@@ -69,13 +72,7 @@ class FastDFKD(Synthesizer):
 
     def attach(self, teacher, student, ctx):
         super().attach(teacher, student, ctx)
-        if self.bn_hooks is None:
-            self.bn_hooks = BNStatHooks(teacher, self.first_bn_multiplier, momentum=self.bn_momentum)
-
-    def detach(self):
-        if self.bn_hooks is not None:
-            self.bn_hooks.close()
-            self.bn_hooks = None
+        self.bn_hooks = self.hooks(BNStatHooks(teacher, self.first_bn_multiplier, momentum=self.bn_momentum))
 
     def extra_state(self) -> dict:
         state = super().extra_state()
@@ -97,14 +94,16 @@ class FastDFKD(Synthesizer):
                 m.weight.copy_(torch.normal(0.0, 0.02, m.weight.shape, generator=g))
                 m.bias.zero_()
 
-    def loss_terms(self, fast: nn.Module, z: torch.Tensor, targets: torch.Tensor, adversarial: bool):
+    def loss_terms(self, fast: nn.Module, z: torch.Tensor, targets: torch.Tensor, student=None):
+        """The inner loss terms for latents z through the fast generator; `student` (eval mode) given once the
+        adversarial term is on."""
         x = fast(z)
         xa = self.augment(x)
         with self.bn_hooks.recording():
             t_logits = self.teacher(xa)
         terms = {"bn": self.bn_hooks.loss(), "oh": F.cross_entropy(t_logits, targets)}
-        if adversarial and self.w["adv"] > 0:
-            s_logits = self.student(xa)
+        if student is not None and self.w["adv"] > 0:
+            s_logits = student(xa)
             terms["adv"] = decision_adversarial_loss(s_logits, t_logits)
             terms["disagreement"] = (s_logits.argmax(1) != t_logits.argmax(1)).float().mean()
         return x, terms
@@ -115,7 +114,7 @@ class FastDFKD(Synthesizer):
                 torch.distributed.all_reduce(p.grad)
                 p.grad /= self.ctx.world_size
 
-    def synthesize(self, step: int) -> SynthBatch:
+    def synthesize(self) -> SynthBatch:
         self.calls += 1
         if self.reset_l0_at and self.calls == self.reset_l0_at:
             self.reset_l0()
@@ -128,15 +127,12 @@ class FastDFKD(Synthesizer):
         meta_params, fast_params = list(self.generator.parameters()), list(fast.parameters())
         for p in meta_params:
             p.grad = torch.zeros_like(p)
-        adversarial = self.calls > self.warmup
+        adversarial = self.calls > self.adversarial_after
         best_loss, best_x, terms = math.inf, None, {}
 
-        student = self.student
-        was_training = student.training
-        student.eval()
-        try:
+        with self.scoring_student() as student:
             for _ in range(self.g_steps):
-                x, terms = self.loss_terms(fast, z, targets, adversarial)
+                x, terms = self.loss_terms(fast, z, targets, student if adversarial else None)
                 total = sum(self.w[k] * v for k, v in terms.items() if k in self.w)
                 grads = torch.autograd.grad(total, fast_params + [z])  # local: never reaches teacher or student
                 if total.item() < best_loss:
@@ -147,8 +143,6 @@ class FastDFKD(Synthesizer):
                         mp.grad += g  # first-order MAML: inner gradients summed into the meta gradient
                 z.grad = grads[-1]
                 inner.step()
-        finally:
-            student.train(was_training)
         if self.meta == "reptile":
             for mp, fp in zip(meta_params, fast_params):
                 mp.grad = self.reptile_alpha * (mp.detach() - fp.detach())

@@ -1,10 +1,8 @@
 """What the generator-based synthesizers (DAFL, DFAD, ZSKT) share: one `UpsampleGenerator` with its Adam
 optimizer (owned and checkpointed by Lightning, gradients synchronized across DDP ranks through
-`ctx.backward` = `manual_backward`), latent sampling from the per-rank RNG, and scoring with the student in
-eval mode with its parameters frozen (so generator steps never move the student or its BN statistics)."""
+`ctx.backward` = `manual_backward`), latent sampling from the per-rank RNG, and the generator step. Scoring with
+the student in eval mode with frozen parameters is the base class's `scoring_student()`."""
 from __future__ import annotations
-
-import contextlib
 
 import torch
 
@@ -13,6 +11,7 @@ from dfkd.synthesizers.base import Synthesizer
 
 
 class GeneratorSynthesizer(Synthesizer):
+    bounded_images = False  # the BN-headed generators of DAFL/DFAD/ZSKT emit normalized images that may overshoot
     def __init__(self, batch_size: int, nz: int = 100, ngf: int = 64, head: str = "tanh_bn", bn_eps: float = 1e-5,
                  lr: float = 1e-3, betas=(0.5, 0.999), grad_clip: float | None = None,
                  cosine_steps: int | None = None, fresh_samples: bool = False, **data):
@@ -42,22 +41,6 @@ class GeneratorSynthesizer(Synthesizer):
         self.ctx.step(self.opt)  # clips to `grad_clip` (declared in optimizers()) after fp16 unscaling
         if self.sched is not None:
             self.sched.step()
-
-    @contextlib.contextmanager
-    def scoring_student(self):
-        """Student in eval mode with frozen parameters while it scores images for a generator loss."""
-        student = self.student
-        was_training = student.training
-        flags = [p.requires_grad for p in student.parameters()]
-        student.eval()
-        for p in student.parameters():
-            p.requires_grad_(False)
-        try:
-            yield student
-        finally:
-            for p, f in zip(student.parameters(), flags):
-                p.requires_grad_(f)
-            student.train(was_training)
 
     def sample(self, n: int) -> torch.Tensor | None:
         if not self.fresh_samples:

@@ -1,4 +1,4 @@
-"""KegNet: Knowledge Extraction with No Observable Data (Yoo et al., NeurIPS 2019), METHODS.md 1.3.
+"""KegNet: Knowledge Extraction with No Observable Data (Yoo et al., NeurIPS 2019), eq. 4-6.
 
 An ensemble of `generators` label-conditioned generators G_k(y, z), each with a decoder D_k, trained against
 the fixed classifier T:
@@ -9,7 +9,7 @@ the fixed classifier T:
                                                                 #   distance, d_x mean absolute image distance
 Each synthesize() call takes one Adam step of every (G_k, D_k) pair (one optimizer each, Lightning-owned);
 the student then distills (KL, tau = 1) on fresh samples drawn evenly from all generators. The paper trains
-the generators first and samples a fixed set afterwards; here that is `distill.warmup_iterations`
+the generators first and samples a fixed set afterwards; here that is `distill.synthesis_only_iterations`
 (generator-only iterations) followed by joint training. KegNet's student is the teacher compressed by Tucker
 decomposition: `student=tucker` (dfkd.models.tucker). Defaults: the paper's MNIST settings
 (5 generators, noise 10-d, decoder 1 hidden layer, Adam 1e-3, alpha 1, beta 0).
@@ -34,6 +34,8 @@ def diversity_loss(z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 @SYNTHESIZERS.register("kegnet")
 class KegNet(Synthesizer):
+    bounded_images = False  # the generator standardizes each image (paper: Tanh -> per-image normalization)
+    test_settings = {"batch_size": 8, "generators": 2, "nz": 4, "beta": 1.0}
     def __init__(self, batch_size: int = 256, generators: int = 5, nz: int = 10, width: int = 1, dec_layers: int = 1,
                  lr: float = 1e-3, alpha: float = 1.0, beta: float = 0.0, **data):
         super().__init__(batch_size, **data)
@@ -58,7 +60,7 @@ class KegNet(Synthesizer):
         return {"cls": F.cross_entropy(t_logits, y), "dec": F.mse_loss(self.decoders[k](x), z),
                 "div": diversity_loss(z, x)}
 
-    def synthesize(self, step: int) -> SynthBatch:
+    def synthesize(self) -> SynthBatch:
         images, targets, logged = [], [], {}
         for k, opt in enumerate(self.opts):
             y, z, x = self._generate(k, self.batch_size)

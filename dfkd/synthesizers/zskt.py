@@ -1,5 +1,4 @@
-"""ZSKT: Zero-shot Knowledge Transfer via Adversarial Belief Matching (Micaelli & Storkey, NeurIPS 2019),
-METHODS.md 1.4.
+"""ZSKT: Zero-shot Knowledge Transfer via Adversarial Belief Matching (Micaelli & Storkey, NeurIPS 2019).
 
     generator: max_G KL(T(G(z)) || S(G(z)))                         (eq. 1, tau = 1, elementwise mean)
     student:   min_S KL(T || S) + beta * sum_l AT(a_S^l, a_T^l)      (eq. 2-3, on the same pseudo-batch)
@@ -17,11 +16,11 @@ good: on the embedded MNIST pair, students of ZSKT proper scored 0 % on the digi
 which the teacher never predicted on the generator's images.
 
 `bn_prior` (0 in ZSKT) adds DeepInversion's BN-statistics loss (eq. 4, `dfkd.hooks.BNStatHooks`) of the generator's
-batch in the teacher, as DFQ does to its adversarial generator (Choi et al., CVPRW 2020, METHODS.md 1.8):
+batch in the teacher, as DFQ does to its adversarial generator (Choi et al., CVPRW 2020, eq. 5):
     max_G KL(T || S) - bn_prior * sum_l (||mu_l(G(z)) - mu_l||_2 + ||s2_l(G(z)) - s2_l||_2).
 The adversarial term alone finds images the teacher and student disagree on that need not look like the data;
 the prior keeps them where the teacher's BatchNorm layers say its training data was. On the embedded MNIST pair
-it lifts the weak seeds of ZSKT proper (75 to 85 %) to 97 % (README, Results).
+it lifts the weak seeds of ZSKT proper (75 to 85 %) to 97 % (docs/notes/zskt.md).
 """
 from __future__ import annotations
 
@@ -37,6 +36,7 @@ from dfkd.synthesizers.generative import GeneratorSynthesizer
 
 @SYNTHESIZERS.register("zskt")
 class ZSKT(GeneratorSynthesizer):
+    test_settings = {"batch_size": 8, "nz": 8, "ngf": 4, "cosine_steps": 10, "bn_prior": 1.0, "balance": 1.0}
     def __init__(self, batch_size: int = 128, nz: int = 100, ngf: int = 64, lr: float = 1e-3, betas=(0.9, 0.999),
                  grad_clip: float = 5.0, cosine_steps: int | None = None, head: str = "bn", balance: float = 0.0,
                  bn_prior: float = 0.0, **data):
@@ -49,15 +49,9 @@ class ZSKT(GeneratorSynthesizer):
 
     def attach(self, teacher, student, ctx):
         super().attach(teacher, student, ctx)
-        if self.uses_bn_stats and self.bn_hooks is None:
-            self.bn_hooks = BNStatHooks(teacher)
+        self.bn_hooks = self.hooks(BNStatHooks(teacher)) if self.uses_bn_stats else None
 
-    def detach(self):
-        if self.bn_hooks is not None:
-            self.bn_hooks.close()
-            self.bn_hooks = None
-
-    def synthesize(self, step: int) -> SynthBatch:
+    def synthesize(self) -> SynthBatch:
         z = self.latents(self.batch_size)
         x = self.generate(z)
         with self.scoring_student() as student:

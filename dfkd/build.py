@@ -1,0 +1,107 @@
+"""Building a run's parts from a composed recipe: the frozen teacher, the student, the synthesizer. The run
+(dfkd.run), the teacher trainer (dfkd.teacher) and the throughput benchmark (dfkd.throughput) all build here."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, open_dict
+from torch.utils.data import DataLoader
+
+from dfkd.checkpoint_io import build_classifier, load_weights
+from dfkd.config import to_plain
+from dfkd.preprocess import Classifier
+from dfkd.rundir import RunError
+from dfkd.synthesizers import SYNTHESIZERS, Synthesizer, require_batchnorm
+from dfkd.synthesizers.base import TeacherNeedsBatchNorm
+
+
+def image_shape(data: DictConfig) -> tuple[int, int, int]:
+    return int(data.channels), int(data.image_size), int(data.image_size)
+
+
+def build_model_of(model_cfg: DictConfig, data: DictConfig) -> Classifier:
+    """A classifier (preprocessing + network) from a `teacher` group entry, at random initialization."""
+    return build_classifier(model_cfg.arch, model_cfg.arch_kwargs or {}, data.num_classes, data.channels,
+                            data.image_size, model_cfg.input_size or data.image_size, model_cfg.resize,
+                            data.mean, data.std)
+
+
+def build_teacher(cfg: DictConfig) -> Classifier:
+    """The frozen teacher from `cfg.teacher`, checked against the data it will be asked about."""
+    t, d = cfg.teacher, cfg.data
+    clf = build_model_of(t, d)
+    if t.checkpoint:
+        path = Path(t.checkpoint)
+        if not path.is_file():
+            hint = f" Create it with `python train.py recipe={t.train_recipe}`." if t.train_recipe else ""
+            raise RunError(f"teacher checkpoint {path} not found.{hint} Or set teacher.checkpoint=/path/to/file.")
+        meta = load_weights(clf.model, path)
+        want = {"num_classes": d.num_classes, "in_chans": d.channels, "image_size": d.image_size}
+        for key, value in want.items():
+            if key in meta and meta[key] != value:
+                raise RunError(f"teacher {path} was trained with {key}={meta[key]} but data '{d.name}' has "
+                               f"{value}; pick the teacher that matches the data (teacher=... / data=...).")
+    elif not t.random_init:
+        raise RunError("teacher.checkpoint is not set. Point it at the teacher's weights "
+                       "(teacher.random_init=true builds a random teacher, for smoke tests only).")
+    clf.eval().requires_grad_(False)
+    with torch.no_grad():
+        try:
+            out = clf(torch.rand(2, *image_shape(d)))
+        except RuntimeError as e:
+            raise RunError(f"teacher {t.arch} cannot take {d.channels}x{d.image_size}x{d.image_size} images of "
+                           f"data '{d.name}': {e}") from None
+    if out.shape[1] != d.num_classes:
+        raise RunError(f"teacher predicts {out.shape[1]} classes but data '{d.name}' has {d.num_classes}")
+    return clf
+
+
+def build_student(cfg: DictConfig, teacher: Classifier) -> Classifier:
+    """The student: an architecture by name, or (`arch: tucker`) the teacher compressed by Tucker-2
+    decomposition, whose chosen ranks are written back into cfg.student so the run can be rebuilt."""
+    s, d, p = cfg.student, cfg.data, teacher.preprocess
+    if s.arch == "tucker" and "ranks" not in (s.arch_kwargs or {}):
+        from dfkd.models.tucker import compress
+
+        kw = to_plain(s).get("arch_kwargs") or {}
+        model, ranks = compress(teacher.model, kw.get("layers"), kw.get("rank", "vbmf"))
+        with open_dict(cfg):
+            cfg.student.arch_kwargs = {"base": cfg.teacher.arch, "base_kwargs": to_plain(cfg.teacher)["arch_kwargs"] or {},
+                                       "ranks": ranks, "layers": list(ranks), "rank": kw.get("rank", "vbmf")}
+        return Classifier(copy.deepcopy(p), model.requires_grad_(True).train())
+    return build_classifier(s.arch, s.arch_kwargs or {}, d.num_classes, d.channels, d.image_size,
+                            p.input_size, p.resize, d.mean, d.std)
+
+
+def build_synthesizer(cfg: DictConfig, teacher: torch.nn.Module | None = None) -> Synthesizer:
+    """The recipe's synthesizer, told what the data looks like; with `teacher`, checked against it (a method
+    that matches BatchNorm statistics refuses a teacher without BatchNorm here, before anything runs)."""
+    kwargs = dict(to_plain(cfg.synthesizer))
+    name = kwargs.pop("name")
+    d = cfg.data
+    try:
+        synthesizer = SYNTHESIZERS.build(name, **kwargs, num_classes=int(d.num_classes), image_shape=image_shape(d),
+                                         mean=list(d.mean), std=list(d.std))
+    except TypeError as e:  # a recipe key the synthesizer does not take
+        raise RunError(f"synthesizer '{name}': {e}") from None
+    if teacher is not None:
+        try:
+            require_batchnorm(synthesizer, teacher, name)
+        except TeacherNeedsBatchNorm as e:
+            raise RunError(str(e)) from None
+    return synthesizer
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, dataset, batch_size: int = 500, device="cpu") -> float:
+    """Top-1 accuracy of `model` ([0,1] images in) on `dataset`."""
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        correct += (model(x.to(device)).argmax(1).cpu() == y).sum().item()
+        total += y.numel()
+    model.train(was_training)
+    return correct / max(total, 1)

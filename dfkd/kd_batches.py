@@ -1,0 +1,89 @@
+"""Where each KD step's images come from (`KDBatchSource`), one object for the distillation loop:
+
+- a synthesizer whose `sample(n)` gives fresh images (DFAD, KegNet) is drawn from at every student step;
+- otherwise, with the sample bank on (`bank.enabled`), a random batch of the bank, to which every synthesized
+  batch is added (DeepInversion, FastDFKD, DAFL here);
+- otherwise the latest synthesized batch (ZSKT: `kd_steps` student steps on one pseudo-batch).
+
+`distill.replay` (capacity > 0) adds a replay memory: the last `capacity` teacher-scored images with the teacher's
+logits, replayed as a `fraction` of every KD batch, which keeps its size. Adversarial generators move on to new
+images every step and the student forgets the old ones; replaying them counters that (Binici et al.,
+"Preventing catastrophic forgetting and distribution mismatch in knowledge distillation via synthetic data",
+WACV 2022). It is not part of any method's paper.
+
+The source's RNG (seeded from the run's seed and the rank) draws bank samples and replay picks. The bank, the
+memory and the RNG are checkpointed, so a resumed run trains on the same images as an uninterrupted one."""
+from __future__ import annotations
+
+import torch
+
+from dfkd.bank import SampleBank
+from dfkd.synthesizers.base import SynthBatch, Synthesizer
+
+
+class KDBatchSource:
+    def __init__(self, batch_size: int, bank: dict, replay: dict):
+        self.batch_size = int(batch_size)
+        self.use_bank = bool(bank["enabled"])
+        self.bank = SampleBank(bank["capacity"], bank["dtype"])
+        self.replay = SampleBank(int(replay["capacity"]), "float32") if replay["capacity"] else None
+        self.replay_fraction = float(replay["fraction"])
+        if self.replay is not None and not 0.0 < self.replay_fraction < 1.0:
+            raise ValueError(f"distill.replay.fraction must be in (0, 1), got {self.replay_fraction}")
+        self.latest: SynthBatch | None = None
+        self.rng: torch.Generator | None = None
+
+    def start(self, device: torch.device, seed: int, rank: int) -> None:
+        self.rng = torch.Generator(device=device)
+        self.rng.manual_seed(int(seed) * 1000 + 7 + rank)
+
+    @property
+    def needs_synthesis(self) -> bool:
+        """True when there is nothing to train on yet (no bank and no batch synthesized)."""
+        return not self.use_bank and self.latest is None
+
+    def add(self, batch: SynthBatch) -> None:
+        if self.use_bank:
+            self.bank.add(batch.images, batch.targets)
+        self.latest = batch
+
+    def draw(self, synthesizer: Synthesizer) -> torch.Tensor:
+        """The [0,1] images of one KD step, before augmentation."""
+        fresh = synthesizer.sample(self.batch_size)
+        if fresh is not None:
+            return fresh
+        if self.use_bank:
+            return self.bank.sample(self.batch_size, self.rng)[0]
+        return self.latest.images
+
+    def with_replay(self, x: torch.Tensor, t_logits: torch.Tensor):
+        """(student input, teacher logits for it, rows of `x` kept): with a non-empty replay memory, a random part
+        of the fresh batch followed by replayed images with the teacher logits stored for them."""
+        n_replay = self._replay_count()
+        if not n_replay:
+            return x, t_logits, None
+        keep = torch.randperm(x.shape[0], generator=self.rng, device=self.rng.device)
+        keep = keep[: x.shape[0] - n_replay].to(x.device)
+        old_x, old_logits = self.replay.sample(n_replay, self.rng)
+        return torch.cat([x[keep], old_x]), torch.cat([t_logits[keep], old_logits]), keep
+
+    def remember(self, scored: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Add this iteration's (images, teacher logits) to the replay memory."""
+        if self.replay is not None:
+            for images, logits in scored:
+                self.replay.add(images, logits)
+
+    def _replay_count(self) -> int:
+        if self.replay is None or len(self.replay) == 0:
+            return 0
+        return int(round(self.batch_size * self.replay_fraction))
+
+    def state_dict(self) -> dict:
+        return {"bank": self.bank.state_dict(), "kd_rng": self.rng.get_state(),
+                "replay": self.replay.state_dict() if self.replay is not None else None}
+
+    def load_state_dict(self, state: dict, device=None) -> None:
+        self.bank.load_state_dict(state["bank"], device=device)
+        if self.replay is not None and state.get("replay") is not None:
+            self.replay.load_state_dict(state["replay"], device=device)
+        self.rng.set_state(state["kd_rng"])

@@ -1,0 +1,40 @@
+"""Per-rank state in checkpoints. What each process holds alone (its sample bank, RNG streams, synthesizer
+counters) is gathered from every rank into the checkpoint, and handed back to the same rank on resume."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+
+def gather_rank_states(state: dict, world_size: int) -> list[dict]:
+    """Every rank's `state`, in rank order (one entry outside DDP). Collective: every rank must call it."""
+    mine = to_cpu(state)
+    if world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        gathered = [None] * world_size
+        torch.distributed.all_gather_object(gathered, mine)
+        return gathered
+    return [mine]
+
+
+def own_rank_state(per_rank: list[dict], rank: int, world_size: int) -> dict:
+    """This rank's entry of a checkpoint written by `gather_rank_states`; the process count must match."""
+    if len(per_rank) != world_size:
+        raise RuntimeError(f"checkpoint was written by {len(per_rank)} processes but this run has {world_size}; "
+                           f"resume with trainer.devices={len(per_rank)}")
+    return per_rank[rank]
+
+
+def fingerprint(module: nn.Module) -> torch.Tensor:
+    """Per-parameter sums: under DDP every rank must hold the same student and generators (tested)."""
+    params = [p.detach().double().sum() for p in module.parameters()]
+    return torch.stack(params) if params else torch.zeros(0, dtype=torch.float64)
+
+
+def to_cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_cpu(v) for v in obj)
+    return obj
