@@ -23,9 +23,11 @@ def ema_decay_at(decay: float, n: int) -> float:
 def student_average(student: nn.Module, decay: float) -> AveragedModel:
     """An eval-mode, frozen running average of `student`; `update_parameters(student)` after each iteration."""
 
-    def ema(averaged: torch.Tensor, current: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-        if not averaged.is_floating_point():
-            return current
-        return averaged.lerp(current, 1.0 - ema_decay_at(decay, int(n)))
+    def ema(averaged: list[torch.Tensor], current: list[torch.Tensor], n: torch.Tensor) -> None:
+        # called once per (device, dtype) group: one host read of n per update, not one per tensor
+        if not averaged[0].is_floating_point():
+            torch._foreach_copy_(averaged, current)
+            return
+        torch._foreach_lerp_(averaged, current, 1.0 - ema_decay_at(decay, int(n)))
 
-    return AveragedModel(student, avg_fn=ema, use_buffers=True).eval().requires_grad_(False)
+    return AveragedModel(student, multi_avg_fn=ema, use_buffers=True).eval().requires_grad_(False)
