@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+from pytorch_lightning.utilities import move_data_to_device
 
 
 def gather_rank_states(state: dict, world_size: int) -> list[dict]:
     """Every rank's `state`, in rank order (one entry outside DDP). Collective: every rank must call it."""
-    mine = to_cpu(state)
+    mine = move_data_to_device(state, "cpu")
     if world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
         gathered = [None] * world_size
         torch.distributed.all_gather_object(gathered, mine)
@@ -28,13 +29,3 @@ def fingerprint(module: nn.Module) -> torch.Tensor:
     """Per-parameter sums: under DDP every rank must hold the same student and generators (tested)."""
     params = [p.detach().double().sum() for p in module.parameters()]
     return torch.stack(params) if params else torch.zeros(0, dtype=torch.float64)
-
-
-def to_cpu(obj):
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(to_cpu(v) for v in obj)
-    return obj

@@ -13,7 +13,7 @@ from dfkd.bench import aggregate, embedded_recipes, mean_std
 from dfkd.callbacks import read_curve
 from dfkd.export import load_student
 
-from tests.helpers import LOOP, ROOT, small, train
+from tests.helpers import LOOP, ROOT, run, small
 
 
 def test_mean_std_by_hand():
@@ -47,15 +47,15 @@ def test_embedded_recipes_are_the_cpu_distillation_recipes():
 
 
 @pytest.mark.slow
-def test_time_budget_stops_the_run_and_exports_its_final_student(tmp_path):
+def test_time_budget_stops_the_run_and_exports_its_final_student(tmp_path, capsys):
     loop = [o for o in LOOP if not o.startswith(("distill.epochs=", "distill.iterations_per_epoch="))]
-    out = train(tmp_path, "dafl_lenet", "run=b", *loop, *small("dafl_lenet"), "distill.epochs=50",
-                "distill.iterations_per_epoch=20", "trainer.max_minutes=0.02")
+    run(tmp_path, "dafl_lenet", "run=b", *loop, *small("dafl_lenet"), "distill.epochs=50",
+        "distill.iterations_per_epoch=20", "trainer.max_minutes=0.02")
     s = json.loads((tmp_path / "b" / "summary.json").read_text())
     assert s["stopped_by_budget"] is True and s["budget_minutes"] == 0.02
     assert 0 < s["iterations"] < s["planned_iterations"] == 1000
     assert s["fit_time_s_total"] >= 0.02 * 60
-    assert "stopped by the time budget" in out.stdout
+    assert "stopped by the time budget" in capsys.readouterr().out
     curve = read_curve(tmp_path / "b" / "curve.csv")
     assert curve[-1]["when"] == "final" and curve[-1]["iteration"] == s["iterations"]
     assert curve[-1]["heldout_acc"] == pytest.approx(s["student"]["heldout_acc"], abs=1e-4)
@@ -96,10 +96,10 @@ def test_bench_command_writes_table_csv_and_plot(tmp_path):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
 
-def test_bench_rejects_unknown_recipe(tmp_path):
-    res = subprocess.run([sys.executable, "-m", "dfkd.bench", "nope", "--out", str(tmp_path)], capture_output=True,
-                         text=True, cwd=ROOT)
-    assert res.returncode == 2 and "unknown recipe" in res.stderr
+def test_bench_rejects_unknown_recipe(tmp_path, capsys):
+    from dfkd.bench import cli
+
+    assert cli(["nope", "--out", str(tmp_path)]) == 2 and "unknown recipe" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("method,variant", [("deepinversion", "fp32"), ("fastdfkd (Fast-2)", "fp32"),

@@ -1,15 +1,13 @@
-import subprocess
-import sys
 
 import pytest
 import torch
 
 import dfkd
 from dfkd.checkpoint_io import clean_state_dict
-from dfkd.export import export_run
+from dfkd.export import cli, export_run
 from dfkd.config import compose
 from dfkd.run import main
-from tests.helpers import LOOP, ROOT, small
+from tests.helpers import LOOP, small
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +36,7 @@ def test_exported_student_rebuilds_from_the_file_alone_and_matches_the_checkpoin
 
 
 def test_export_cli_writes_torchscript_and_onnx(run_dir):
-    out = subprocess.run([sys.executable, "-m", "dfkd.export", str(run_dir), "--torchscript", "--onnx"],
-                         capture_output=True, text=True, cwd=ROOT)
-    assert out.returncode == 0, out.stderr
+    assert cli([str(run_dir), "--torchscript", "--onnx"]) == 0
     x = torch.rand(3, 1, 28, 28)
     ts = torch.jit.load(str(run_dir / "student.ts"))
     torch.testing.assert_close(ts(x), dfkd.load_student(run_dir)(x))
@@ -49,9 +45,8 @@ def test_export_cli_writes_torchscript_and_onnx(run_dir):
     onnx.checker.check_model(onnx.load(str(run_dir / "student.onnx")))
 
 
-def test_export_of_a_folder_that_is_not_a_run_is_a_clear_error(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "dfkd.export", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
-    assert out.returncode == 2 and "not a dfkd run folder" in out.stderr
+def test_export_of_a_folder_that_is_not_a_run_is_a_clear_error(tmp_path, capsys):
+    assert cli([str(tmp_path)]) == 2 and "not a dfkd run folder" in capsys.readouterr().err
 
 
 def test_prefixes_of_ddp_and_compile_are_stripped():
