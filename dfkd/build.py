@@ -35,7 +35,8 @@ def build_teacher(cfg: DictConfig) -> Classifier:
     if t.checkpoint:
         path = Path(t.checkpoint)
         if not path.is_file():
-            hint = f" Create it with `python train.py recipe={t.train_recipe}`." if t.train_recipe else ""
+            hint = (f" Create it with `python train.py recipe={t.train_recipe}` and pass "
+                    f"teacher.checkpoint=<paths.runs>/{t.train_recipe}/teacher.pt." if t.train_recipe else "")
             raise RunError(f"teacher checkpoint {path} not found.{hint} Or set teacher.checkpoint=/path/to/file.")
         meta = load_weights(clf.model, path)
         want = {"num_classes": d.num_classes, "in_chans": d.channels, "image_size": d.image_size}

@@ -78,6 +78,17 @@ def test_two_process_ddp_ranks_differ_in_noise_and_agree_on_weights(tmp_path, re
     assert s["world_size"] == 2 and s["images_synthesized"] > 0
 
 
+def test_a_teacher_recipe_writes_into_its_run_folder_and_never_over_a_shipped_teacher(tmp_path):
+    from dfkd.resources import TEACHERS_DIR
+
+    shipped = (TEACHERS_DIR / "lenet5_mnist.pt").read_bytes()
+    s = run(tmp_path, "teacher_lenet5_mnist", "run=mine", "train.epochs=1", "trainer.accelerator=cpu")
+    assert (TEACHERS_DIR / "lenet5_mnist.pt").read_bytes() == shipped
+    assert s["output"] == str(tmp_path / "mine" / "teacher.pt") and s["heldout_acc"] > 0.5
+    teacher = build_teacher(compose("dfad_lenet", [f"teacher.checkpoint={tmp_path}/mine/teacher.pt"]))
+    assert teacher(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+
+
 # -- errors: clear, and nothing lost ------------------------------------------------------------------
 
 def cfg_for(tmp_path, *overrides):
