@@ -2,6 +2,7 @@
 the smallest run settings, and runners (in-process, or a subprocess where the user's command is the point)."""
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -19,10 +20,16 @@ LOOP = ["distill.epochs=2", "distill.iterations_per_epoch=2", "distill.synth_eve
 FAKE = ["data=fake", "teacher.checkpoint=null", "teacher.random_init=true"]
 
 
+@functools.lru_cache(maxsize=None)
+def recipe_cfg(recipe: str):
+    """The recipe as composed with no overrides (cached: collection asks for every recipe many times)."""
+    return compose(recipe)
+
+
 def small(recipe: str) -> list[str]:
     """Overrides that shrink a recipe's synthesizer to its class's `test_settings` (scalar settings the recipe
     declares), plus a one-iteration synthesis-only phase where the recipe has one."""
-    cfg = compose(recipe)
+    cfg = recipe_cfg(recipe)
     settings = SYNTHESIZERS.get(cfg.synthesizer.name).test_settings
     out = [f"synthesizer.{k}={'null' if v is None else v}" for k, v in settings.items()
            if k in cfg.synthesizer and (v is None or isinstance(v, (int, float, str, bool)))]
@@ -31,15 +38,19 @@ def small(recipe: str) -> list[str]:
     return out
 
 
+def distill_recipes() -> list[str]:
+    return [r for r in list_recipes() if recipe_cfg(r).task == "distill"]
+
+
 def embedded_distill_recipes() -> list[str]:
-    return [r for r in list_recipes() if compose(r).task == "distill" and compose(r).data.name == "mnist_embedded"]
+    return [r for r in distill_recipes() if recipe_cfg(r).data.name == "mnist_embedded"]
 
 
 def recipe_of_each_synthesizer() -> dict[str, str]:
     """One embedded recipe per registered synthesizer (the first by name)."""
     out = {}
     for r in embedded_distill_recipes():
-        out.setdefault(compose(r).synthesizer.name, r)
+        out.setdefault(recipe_cfg(r).synthesizer.name, r)
     return out
 
 

@@ -8,13 +8,13 @@ import torch
 
 import dfkd
 from dfkd.build import build_student, build_synthesizer, build_teacher, image_shape
-from dfkd.config import compose, list_recipes
+from dfkd.config import compose
 from dfkd.run import main
 from dfkd.rundir import RunError
 from dfkd.synthesizers import SynthContext
-from tests.helpers import FAKE, LOOP, embedded_distill_recipes, load_ckpt, run, small, train
+from tests.helpers import FAKE, LOOP, distill_recipes, embedded_distill_recipes, load_ckpt, run, small, train
 
-PAPER_SCALE = [r for r in list_recipes() if compose(r).task == "distill" and r not in embedded_distill_recipes()]
+PAPER_SCALE = sorted(set(distill_recipes()) - set(embedded_distill_recipes()))
 
 
 def check_run_folder(run_dir, iterations=4, channels=1, size=28):
