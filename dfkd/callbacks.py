@@ -20,8 +20,9 @@ class RunProgressBar(pl.Callback):
     def __init__(self):
         self.bar = None
 
-    def on_train_start(self, trainer, module):
-        if not trainer.is_global_zero:
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        # here, not at train start: a resumed run's iteration is restored by the module's own on_train_start
+        if self.bar is not None or not trainer.is_global_zero:
             return
         total = trainer.num_training_batches * trainer.max_epochs
         self.bar = tqdm(total=total, initial=min(module.iteration, total), desc="distill", unit="it",

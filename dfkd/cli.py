@@ -3,9 +3,13 @@
     python train.py recipe=deepinversion_resnet [key=value ...] [group=option ...]
     python train.py recipe=deepinversion_resnet run=my_run resume=true
     python train.py --help | recipe=list
+
+A mistake (a wrong value, an unreadable checkpoint, a resume that does not match its run ...) prints one message
+that says what to do, and exits with status 2; `--debug` (or DFKD_DEBUG=1) shows the traceback too.
 """
 from __future__ import annotations
 
+import os
 import sys
 
 
@@ -20,6 +24,8 @@ def _usage() -> str:
 
 
 def main(argv: list[str]) -> int:
+    debug = "--debug" in argv or os.environ.get("DFKD_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     recipes = [a.split("=", 1)[1] for a in argv if a.startswith("recipe=")]
     overrides = [a for a in argv if not a.startswith("recipe=")]
     if any(a in ("-h", "--help") for a in argv) or recipes == ["list"]:
@@ -28,15 +34,15 @@ def main(argv: list[str]) -> int:
     if len(recipes) != 1:
         print("error: say which recipe to run, once: python train.py recipe=NAME\n\n" + _usage(), file=sys.stderr)
         return 2
-    from dfkd.config import ConfigError, compose
-    from dfkd.distill import DivergenceError
+    from dfkd.config import compose
+    from dfkd.errors import DfkdError
     from dfkd.run import main as run_main
-    from dfkd.rundir import RunError
 
     try:
-        cfg = compose(recipes[0], overrides)
-        run_main(cfg)
-    except (ConfigError, RunError, DivergenceError, FileNotFoundError) as e:
+        run_main(compose(recipes[0], overrides))
+    except DfkdError as e:
+        if debug:
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from dfkd.errors import DfkdError
 from dfkd.resources import RECIPES_DIR, REPO_ROOT, TEACHERS_DIR
 
 ROOT = REPO_ROOT
@@ -40,7 +41,7 @@ def recipe_file(name: str) -> Path:
     raise FileNotFoundError(name)
 
 
-class ConfigError(ValueError):
+class ConfigError(DfkdError, ValueError):
     """A recipe or override the user gave is not valid; the message says what would be."""
 
 
@@ -118,12 +119,57 @@ def compose(recipe: str, overrides: list[str] | tuple[str, ...] = ()) -> DictCon
         if not cfg.get("run"):
             cfg.run = recipe
     OmegaConf.set_struct(cfg, True)
+    check_value_types(recipe, overrides, cfg)
     validate(cfg)
     return cfg
 
 
+# settings whose declared default is a number but which also take words (Lightning: devices="auto" or "0,1")
+_FREE_TYPED = ("trainer.devices", "resume")
+
+
+def check_value_types(recipe: str, overrides: list[str], cfg: DictConfig) -> None:
+    """Each `key=value` override must have the type of the value the recipe declares for it (a number where a
+    number is declared, true/false for a switch, a list for a list)."""
+    plain = [o for o in overrides if "=" in o and not o.startswith(("+", "~"))
+             and o.split("=", 1)[0] not in _groups() and o.split("=", 1)[0] not in _FREE_TYPED]
+    if not plain:
+        return
+    reference = _compose_raw(recipe, [o for o in overrides if o.split("=", 1)[0] in _groups()])
+    for o in plain:
+        key, given = o.split("=", 1)
+        want = OmegaConf.select(reference, key, default=None)
+        got = OmegaConf.select(cfg, key, default=None)
+        problem = _type_problem(want, got)
+        if problem:
+            raise ConfigError(f"{key}={given}: {problem} (recipe '{recipe}' has {key}={_show(want)}). "
+                              f"Give {key} a value of that kind.")
+
+
+def _type_problem(want, got) -> str | None:
+    if want is None or got is None:
+        return None
+    if isinstance(want, bool):
+        return None if isinstance(got, bool) else "expected true or false"
+    if isinstance(want, int):
+        return None if isinstance(got, int) and not isinstance(got, bool) else "expected a whole number"
+    if isinstance(want, float):
+        return None if isinstance(got, (int, float)) and not isinstance(got, bool) else "expected a number"
+    if OmegaConf.is_list(want):
+        return None if OmegaConf.is_list(got) else "expected a list, e.g. [a, b]"
+    return None
+
+
+def _show(value) -> str:
+    return OmegaConf.to_yaml(value).strip() if OmegaConf.is_config(value) else str(value).lower() \
+        if isinstance(value, bool) else str(value)
+
+
 def validate(cfg: DictConfig) -> None:
     """Checks that Hydra cannot express; each error says which key to change."""
+    if cfg.resume not in (True, False, "last", "best"):
+        raise ConfigError(f"resume={cfg.resume}: use resume=true (from last.ckpt), resume=best (from best.ckpt) "
+                          f"or resume=false")
     run = str(cfg.run)
     if "/" in run or run in ("teachers", ".", ".."):
         raise ConfigError(f"run={run!r} must be a plain folder name (not 'teachers', no '/')")

@@ -24,6 +24,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from dfkd.attention import build_attention
 from dfkd.ema import student_average
+from dfkd.errors import DfkdError
 from dfkd.kd_batches import KDBatchSource
 from dfkd.losses import KD_LOSSES
 from dfkd.optim import build_optimizer, build_scheduler
@@ -31,13 +32,15 @@ from dfkd.rank_state import fingerprint, gather_rank_states, own_rank_state
 from dfkd.synthesizers.base import SynthContext, Synthesizer
 
 
-class DivergenceError(FloatingPointError):
-    """A loss became NaN/inf; the run stops and keeps its last good checkpoint."""
+class DivergenceError(DfkdError, FloatingPointError):
+    """A loss, the synthetic images or the weights became NaN/inf; the run stops, and no checkpoint is written
+    from the diverged state."""
 
 
 class DistillModule(pl.LightningModule):
     def __init__(self, teacher: nn.Module, student: nn.Module, synthesizer: Synthesizer, distill: dict,
-                 bank: dict, augment: nn.Module, num_classes: int, image_shape, mean, std, seed: int, timer=None):
+                 bank: dict, augment: nn.Module, num_classes: int, image_shape, mean, std, seed: int, timer=None,
+                 lr_settings: dict[str, str] | None = None):
         super().__init__()
         self.automatic_optimization = False
         self.strict_loading = False  # the teacher is not in checkpoints
@@ -58,6 +61,10 @@ class DistillModule(pl.LightningModule):
         self.num_classes, self.image_shape = num_classes, tuple(image_shape)
         self.mean, self.std, self.seed = tuple(mean), tuple(std), int(seed)
         self.timer = timer  # Lightning's Timer callback: training seconds, cumulative over resumes
+        # the settings a divergence message names: {"student": "distill.optimizer.lr=...", "synthesizer": ...}
+        self.lr_settings = lr_settings or {"student": "the student's learning rate",
+                                           "synthesizer": "the synthesizer's learning rate"}
+        self._saved_at: int | None = None  # iteration of the last checkpoint written in this process
         self.total_iterations = int(self.cfg["epochs"]) * int(self.cfg["iterations_per_epoch"])
         # counters (checkpointed)
         self.iteration = 0
@@ -80,6 +87,11 @@ class DistillModule(pl.LightningModule):
         return self.timer.time_elapsed("train") if self.timer is not None else 0.0
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # never write a diverged state over a good checkpoint (a huge step can leave weights inf before any loss is)
+        for part, module in (("student", self.student), ("synthesizer", self.synthesizer)):
+            params = [p.detach().abs().max() for p in module.parameters() if p.numel()]
+            if params and not torch.isfinite(torch.stack(params)).all():
+                self._diverged(f"the {part}'s weights", "non-finite", part)
         mine = {**self.batches.state_dict(), "torch_rng": torch.get_rng_state(),
                 "synth": self.synthesizer.extra_state(), "images_synthesized": self.images_synthesized,
                 "synth_seconds": self.synth_seconds,
@@ -87,6 +99,7 @@ class DistillModule(pl.LightningModule):
                 "student_fingerprint": fingerprint(self.student), "synth_fingerprint": fingerprint(self.synthesizer)}
         world = self.trainer.world_size if self._trainer is not None else 1
         checkpoint["dfkd"] = {"iteration": self.iteration, "per_rank": gather_rank_states(mine, world)}
+        self._saved_at = self.iteration
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # runs before DDP setup and before on_fit_start: keep it, apply once the synthesizer is attached
@@ -187,7 +200,8 @@ class DistillModule(pl.LightningModule):
         batch = self.synthesizer.synthesize()
         dt = time.perf_counter() - t0
         for k, v in batch.losses.items():
-            self._check_finite(f"synthesizer loss '{k}'", torch.tensor(v))
+            self._check_finite(f"synthesizer loss '{k}'", torch.tensor(v), "synthesizer")
+        self._check_finite("the synthesized images", batch.images, "synthesizer")
         self.synth_seconds += dt
         self.images_synthesized += batch.images.shape[0]
         self.last_synth = batch
@@ -218,7 +232,7 @@ class DistillModule(pl.LightningModule):
                 at = self.attention(x.shape[0] if keep is None else keep.shape[0], keep)
                 self.log("train/attention_loss", at.detach(), on_step=True, on_epoch=False)
                 loss = loss + at
-            self._check_finite("KD loss", loss.detach())
+            self._check_finite("KD loss", loss.detach(), "student")
             opt.zero_grad()
             self.manual_backward(loss)
             opt.step()  # clips in on_before_optimizer_step
@@ -229,11 +243,22 @@ class DistillModule(pl.LightningModule):
         self.log("train/lr", opt.param_groups[0]["lr"], on_step=True, on_epoch=False)
         return loss.detach()
 
-    def _check_finite(self, name: str, value: torch.Tensor):
+    def _check_finite(self, name: str, value: torch.Tensor, part: str):
         if not torch.isfinite(value).all():
-            raise DivergenceError(
-                f"{name} became {value.item()} at iteration {self.iteration}. The run stopped; its last good "
-                f"checkpoint is kept. Lower the learning rates or loss weights and resume, or start over.")
+            self._diverged(name, f"{value.item()}" if value.numel() == 1 else "non-finite", part)
+
+    def _diverged(self, name: str, what: str, part: str):
+        """Stop with a message naming the term, the learning rate involved and the last good checkpoint."""
+        run_dir = getattr(self.trainer.checkpoint_callback, "dirpath", None) if self._trainer is not None else None
+        if self._saved_at is not None and run_dir:
+            kept = (f"{run_dir}/last.ckpt (iteration {self._saved_at}) is the last good checkpoint: resume from it "
+                    f"with resume=true after lowering it, or start over")
+        elif self._pending_state is None and self.iteration and run_dir and self.trainer.ckpt_path:
+            kept = f"{self.trainer.ckpt_path} is untouched: resume from it after lowering it"
+        else:
+            kept = "no checkpoint had been written yet: start over (overwrite=true) after lowering it"
+        raise DivergenceError(f"{name} became {what} at iteration {self.iteration}: the {part} diverged. Lower "
+                              f"{self.lr_settings[part]} (or its loss weights); {kept}.")
 
     @staticmethod
     def _all(items) -> list:

@@ -14,6 +14,7 @@ import torch
 from omegaconf import OmegaConf
 
 from dfkd.checkpoint_io import build_classifier, clean_state_dict, load_classifier, read_checkpoint, save_model_file
+from dfkd.errors import CheckpointError, DfkdError
 
 
 def load_student(path: str | Path) -> torch.nn.Module:
@@ -30,16 +31,21 @@ def export_run(run_dir: str | Path, ckpt: str = "last", onnx: bool = False, torc
     run_dir = Path(run_dir)
     recipe_file, ckpt_file = run_dir / "recipe.yaml", run_dir / f"{ckpt}.ckpt"
     if not recipe_file.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a dfkd run folder (no recipe.yaml)")
+        raise DfkdError(f"{run_dir} is not a dfkd run folder (no recipe.yaml)")
+    others = sorted(p.name for p in run_dir.glob("*.ckpt") if p != ckpt_file)
     if weights is None and not ckpt_file.is_file():
-        raise FileNotFoundError(f"{ckpt_file} not found; available: {sorted(p.name for p in run_dir.glob('*.ckpt'))}")
+        raise CheckpointError(f"{ckpt_file} not found; available: {others or 'none'}")
     cfg = OmegaConf.load(recipe_file)
     t, s, d = cfg.teacher, cfg.student, cfg.data
     student = build_classifier(s.arch, s.get("arch_kwargs") or {}, d.num_classes, d.channels, d.image_size,
                                t.get("input_size") or d.image_size, t.get("resize", "pad"), d.mean, d.std)
     source = "final weights of the run" if weights is not None else str(ckpt_file)
     if weights is None:
-        sd = read_checkpoint(ckpt_file)["state_dict"]
+        try:
+            sd = read_checkpoint(ckpt_file)["state_dict"]
+        except CheckpointError as e:
+            alt = f" Export another checkpoint with --ckpt {others[0].removesuffix('.ckpt')}." if others else ""
+            raise CheckpointError(f"{e}.{alt}") from None
         # a run with distill.ema_decay exports the weight average, the student it scored
         average = "student_ema.module.model."  # torch.optim.swa_utils.AveragedModel keeps the copy as .module
         prefix = average if any(k.startswith(average) for k in sd) else "student.model."
@@ -49,7 +55,12 @@ def export_run(run_dir: str | Path, ckpt: str = "last", onnx: bool = False, torc
             "num_classes": int(d.num_classes), "in_chans": int(d.channels),
             "recipe": OmegaConf.to_container(cfg, resolve=True),
             "source": source}
-    out = save_model_file(run_dir / "student.pt", student, meta)
+    try:
+        out = save_model_file(run_dir / "student.pt", student, meta)
+    except OSError as e:
+        raise DfkdError(f"cannot write {run_dir / 'student.pt'}: {e.strerror or e}. Make {run_dir} writable (or "
+                        f"free disk space) and export again with `python -m dfkd.export {run_dir}`; the run's "
+                        f"checkpoints are intact.") from None
     example = torch.rand(1, int(d.channels), int(d.image_size), int(d.image_size))
     student.eval()
     if torchscript:
@@ -71,7 +82,7 @@ def cli(argv=None) -> int:
     a = ap.parse_args(argv)
     try:
         out = export_run(a.run_dir, a.ckpt, a.onnx, a.torchscript)
-    except (FileNotFoundError, ValueError) as e:
+    except DfkdError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {out}")

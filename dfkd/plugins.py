@@ -15,6 +15,12 @@ import importlib.util
 import sys
 from pathlib import Path
 
+from dfkd.errors import DfkdError
+
+
+class PluginError(DfkdError, ImportError):
+    """A plug-in named by a recipe cannot be found or imported."""
+
 
 def load_plugins(items) -> list[str]:
     loaded = []
@@ -28,7 +34,8 @@ def load_plugins(items) -> list[str]:
                 path = REPO_ROOT / path
             path = path.resolve()
             if not path.is_file():
-                raise FileNotFoundError(f"plugin file {item} not found (paths are relative to {Path.cwd()})")
+                raise PluginError(f"plugin file {item} not found (relative paths are taken from {Path.cwd()}, then "
+                                  f"from the dfkd repository); fix the recipe's `plugins:` list")
             name = f"dfkd_plugin_{path.stem}"
             if name not in sys.modules:
                 spec = importlib.util.spec_from_file_location(name, path)
@@ -39,8 +46,8 @@ def load_plugins(items) -> list[str]:
             try:
                 importlib.import_module(item)
             except ModuleNotFoundError as e:
-                raise ModuleNotFoundError(f"plugin module {item!r} cannot be imported ({e}); "
-                                          "is it installed or on PYTHONPATH?") from None
+                raise PluginError(f"plugin module {item!r} cannot be imported ({e}); "
+                                  "is it installed or on PYTHONPATH?") from None
         loaded.append(item)
     return loaded
 

@@ -15,8 +15,10 @@ from __future__ import annotations
 import difflib
 from typing import Any, Callable
 
+from dfkd.errors import DfkdError
 
-class RegistryError(KeyError):
+
+class RegistryError(DfkdError, KeyError):
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])
 

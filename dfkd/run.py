@@ -24,7 +24,8 @@ from dfkd.config import to_plain
 from dfkd.data import StepDataset, build_splits
 from dfkd.distill import DistillModule
 from dfkd.models import count_params
-from dfkd.rundir import RunError, is_rank_zero, prepare_run_dir, run_dir_of, versions, write_json
+from dfkd.console import quiet_expected_warnings, run_line
+from dfkd.rundir import RunError, is_rank_zero, prepare_run_dir, resume_checkpoint, run_dir_of, versions, write_json
 from dfkd.trainer import best_score, build_timer, build_trainer, device_of, stopped_by_budget
 
 
@@ -32,6 +33,7 @@ def main(cfg: DictConfig) -> dict | None:
     from dfkd.plugins import load_plugins
     from dfkd.teacher import train_teacher
 
+    quiet_expected_warnings()
     load_plugins(cfg.plugins)
     tasks = {"distill": run_distill, "teacher": train_teacher}
     if cfg.task not in tasks:
@@ -46,7 +48,7 @@ def run_distill(cfg: DictConfig) -> dict | None:
     teacher = build_teacher(cfg)
     student = build_student(cfg, teacher)
     synthesizer = build_synthesizer(cfg, teacher)
-    run_dir = prepare_run_dir(cfg) if is_rank_zero() else run_dir_of(cfg)
+    run_dir = run_dir_of(cfg)
     teacher_acc = evaluate(teacher, splits.val) if is_rank_zero() else None
     initial_acc = evaluate(student, splits.val) if is_rank_zero() else None  # before any distillation
 
@@ -55,7 +57,7 @@ def run_distill(cfg: DictConfig) -> dict | None:
     module = DistillModule(teacher, student, synthesizer, to_plain(d), to_plain(cfg.bank),
                            build_augment(to_plain(cfg.augment)), num_classes=cfg.data.num_classes,
                            image_shape=image_shape(cfg.data), mean=cfg.data.mean, std=cfg.data.std, seed=cfg.seed,
-                           timer=timer)
+                           timer=timer, lr_settings=_lr_settings(cfg))
     callbacks = [timer, RunProgressBar(), ImageGridLogger(cfg.log.image_every, cfg.log.grid_size),
                  CurveLogger(run_dir / "curve.csv")]
     if cfg.debug.kill_at_iteration is not None:
@@ -66,8 +68,13 @@ def run_distill(cfg: DictConfig) -> dict | None:
     steps = StepDataset(int(d.iterations_per_epoch) * trainer.world_size)  # DDP shards it across ranks
     val_loader = DataLoader(splits.val, batch_size=int(cfg.data.eval_batch_size), shuffle=False,
                             num_workers=int(cfg.data.num_workers))
+    if is_rank_zero():  # every start-up check has passed: only now is anything written
+        prepare_run_dir(cfg)
+        print(run_line(cfg, count_params(teacher.model), count_params(student.model), device_of(trainer), run_dir),
+              flush=True)
+    ckpt = resume_checkpoint(cfg)
     trainer.fit(module, DataLoader(steps, batch_size=1, generator=g), val_loader,
-                ckpt_path=str(run_dir / "last.ckpt") if cfg.resume else None)
+                ckpt_path=str(ckpt) if ckpt else None)
     if not trainer.is_global_zero:
         return None
     summary = _finish(cfg, run_dir, module, trainer, splits, teacher, student, teacher_acc, initial_acc)
@@ -76,6 +83,13 @@ def run_distill(cfg: DictConfig) -> dict | None:
     write_json(run_dir / "summary.json", summary)
     print(report(summary, run_dir))
     return summary
+
+
+def _lr_settings(cfg) -> dict[str, str]:
+    """The learning rates a divergence message names: the student's, and the synthesizer's (any `*lr*` key)."""
+    synth = ", ".join(f"synthesizer.{k}={v}" for k, v in cfg.synthesizer.items() if "lr" in str(k) and v is not None)
+    return {"student": f"distill.optimizer.lr={cfg.distill.optimizer.lr}",
+            "synthesizer": synth or "the synthesizer's loss weights"}
 
 
 def _finish(cfg, run_dir, module, trainer, splits, teacher, student, teacher_acc, initial_acc) -> dict:

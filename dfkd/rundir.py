@@ -13,11 +13,14 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
+from dfkd.config import to_plain
+from dfkd.errors import DfkdError
+
 RUN_ARTIFACTS = ("last.ckpt", "best.ckpt", "recipe.yaml", "summary.json", "student.pt", "teacher.pt",
                  "samples.png", "tensorboard", "curve.csv", "student.onnx", "student.ts")
 
 
-class RunError(RuntimeError):
+class RunError(DfkdError, RuntimeError):
     """The run cannot start as asked; the message says what to do instead."""
 
 
@@ -29,34 +32,115 @@ def run_dir_of(cfg) -> Path:
     return Path(cfg.paths.runs) / str(cfg.run)
 
 
+# settings a resume may change: where and how long it runs, and what it logs
+RESUME_MAY_CHANGE = ("resume", "overwrite", "paths.", "plugins", "trainer.max_minutes", "trainer.log_every_n_steps",
+                     "log.", "debug.")
+
+
+def resume_checkpoint(cfg) -> Path | None:
+    """The checkpoint a resume continues from (`resume=true`: last.ckpt, `resume=best`: best.ckpt), or None."""
+    if not cfg.resume:
+        return None
+    return run_dir_of(cfg) / ("best.ckpt" if cfg.resume == "best" else "last.ckpt")
+
+
 def prepare_run_dir(cfg: DictConfig) -> Path:
-    """Rank 0: refuse to clobber another run, check that a resume has something to resume, write recipe.yaml."""
+    """Rank 0, once every start-up check has passed: for a resume, check the checkpoint and the settings and write
+    nothing; for a fresh run, refuse to replace another run (one with a checkpoint) and write recipe.yaml."""
     run_dir = run_dir_of(cfg)
-    recipe_file, last = run_dir / "recipe.yaml", run_dir / "last.ckpt"
-    previous = OmegaConf.load(recipe_file).get("recipe") if recipe_file.is_file() else None
     if cfg.resume:
-        if not last.is_file():
-            raise RunError(f"resume=true but {last} does not exist: nothing to resume. "
-                           f"Drop resume=true to start run '{cfg.run}' fresh.")
-        if previous and previous != cfg.recipe:
-            raise RunError(f"{run_dir} holds a run of recipe '{previous}', not '{cfg.recipe}'.")
-    elif previous is not None or last.is_file():
-        if not cfg.overwrite:
-            what = f"a run of recipe '{previous}'" if previous else "a run"
-            raise RunError(f"{run_dir} already holds {what}. Pass resume=true to continue it, run=<new name> "
-                           "for a separate run, or overwrite=true to replace it.")
-        for name in RUN_ARTIFACTS:
+        check_resume(cfg, run_dir)
+        return run_dir
+    has_run = any(run_dir.glob("*.ckpt"))
+    if has_run and not cfg.overwrite:
+        previous = _stored_recipe(run_dir).get("recipe")
+        what = f"a run of recipe '{previous}'" if previous else "a run"
+        raise RunError(f"{run_dir} already holds {what}. Pass resume=true to continue it, run=<new name> "
+                       "for a separate run, or overwrite=true to replace it.")
+    try:
+        for name in RUN_ARTIFACTS:  # a folder with no checkpoint is not a run: what it holds is replaced
             p = run_dir / name
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "recipe.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text(run_dir / "recipe.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    except OSError as e:
+        raise RunError(f"cannot write the run folder {run_dir}: {e.strerror or e}. Make it writable, or choose "
+                       f"another place with paths.runs=/writable/folder.") from None
     return run_dir
 
 
-def write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
+def check_resume(cfg: DictConfig, run_dir: Path) -> None:
+    from dfkd.checkpoint_io import read_checkpoint
+    from dfkd.errors import CheckpointError
+
+    ckpt = resume_checkpoint(cfg)
+    if not ckpt.is_file():
+        raise RunError(f"resume={cfg.resume} but {ckpt} does not exist: nothing to resume. "
+                       f"Drop resume to start run '{cfg.run}' fresh.")
+    try:
+        state = read_checkpoint(ckpt, "checkpoint")
+    except CheckpointError as e:
+        best = run_dir / "best.ckpt"
+        alt = (f"best.ckpt is intact: resume from it with resume=best, or start over with overwrite=true."
+               if ckpt.name != best.name and _readable(best) else "start over with overwrite=true.")
+        raise RunError(f"{e}. Nothing was changed; {alt}") from None
+    per_rank = (state.get("dfkd") or {}).get("per_rank") or []
+    devices, nodes = cfg.trainer.devices, cfg.trainer.num_nodes
+    if per_rank and str(devices).isdigit() and int(devices) * int(nodes) != len(per_rank):
+        raise RunError(f"{ckpt} was written by {len(per_rank)} processes but this run would have "
+                       f"{int(devices) * int(nodes)}; resume with trainer.devices={len(per_rank)}.")
+    stored = _stored_recipe(run_dir)
+    if stored.get("recipe") not in (None, cfg.recipe):
+        raise RunError(f"{run_dir} holds a run of recipe '{stored['recipe']}', not '{cfg.recipe}'.")
+    changed = [k for k in sorted(set(_flat(stored)) | set(_flat(to_plain(cfg))))
+               if not k.startswith(RESUME_MAY_CHANGE) and _flat(stored).get(k) != _flat(to_plain(cfg)).get(k)]
+    if changed:
+        now, then = _flat(to_plain(cfg)), _flat(stored)
+        lines = "\n".join(f"  {k}: the run has {then.get(k)!r}, this command {now.get(k)!r}" for k in changed[:10])
+        more = f"\n  ... and {len(changed) - 10} more" if len(changed) > 10 else ""
+        raise RunError(f"{run_dir} was started with other settings, which a resume cannot change:\n{lines}{more}\n"
+                       f"Resume with the run's own settings (its recipe.yaml), or start a new run with "
+                       f"run=<new name>.")
+
+
+def _readable(path: Path) -> bool:
+    from dfkd.checkpoint_io import read_checkpoint
+    from dfkd.errors import CheckpointError
+
+    try:
+        return path.is_file() and bool(read_checkpoint(path))
+    except CheckpointError:
+        return False
+
+
+def _stored_recipe(run_dir: Path) -> dict:
+    f = run_dir / "recipe.yaml"
+    return OmegaConf.to_container(OmegaConf.load(f), resolve=True) if f.is_file() else {}
+
+
+def _flat(d, prefix="") -> dict:
+    out = {}
+    for k, v in (d or {}).items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write atomically (a temporary file, then rename): a crash never leaves half a file in place of a whole one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
     tmp.replace(path)
+
+
+def write_json(path: Path, obj: dict) -> None:
+    try:
+        write_text(path, json.dumps(obj, indent=2))
+    except OSError as e:
+        raise RunError(f"cannot write {path}: {e.strerror or e}. Make the folder writable (or free disk space); "
+                       f"the run's checkpoints are intact.") from None
 
 
 def versions() -> dict:

@@ -19,7 +19,7 @@ from dfkd.config import to_plain
 from dfkd.data import build_splits
 from dfkd.models import count_params
 from dfkd.optim import build_optimizer, build_scheduler
-from dfkd.rundir import is_rank_zero, prepare_run_dir, run_dir_of, versions, write_json
+from dfkd.rundir import is_rank_zero, prepare_run_dir, resume_checkpoint, run_dir_of, versions, write_json
 from dfkd.trainer import build_trainer
 
 
@@ -47,7 +47,7 @@ class TeacherModule(pl.LightningModule):
 
 def train_teacher(cfg: DictConfig) -> dict | None:
     t0 = time.perf_counter()
-    run_dir = prepare_run_dir(cfg) if is_rank_zero() else run_dir_of(cfg)
+    run_dir = run_dir_of(cfg)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     d, t, tr = cfg.data, cfg.teacher, cfg.train
     splits = build_splits(d)
@@ -59,7 +59,10 @@ def train_teacher(cfg: DictConfig) -> dict | None:
     module = TeacherModule(clf, build_augment(to_plain(cfg.augment)), to_plain(tr),
                            int(tr.epochs) * len(train_loader))
     trainer = build_trainer(cfg, run_dir, [], int(tr.epochs), lightning_progress_bar=True)
-    trainer.fit(module, train_loader, val_loader, ckpt_path=str(run_dir / "last.ckpt") if cfg.resume else None)
+    if is_rank_zero():  # every start-up check has passed: only now is anything written
+        prepare_run_dir(cfg)
+    ckpt = resume_checkpoint(cfg)
+    trainer.fit(module, train_loader, val_loader, ckpt_path=str(ckpt) if ckpt else None)
     if not trainer.is_global_zero:
         return None
     acc = evaluate(clf, splits.val)

@@ -4,6 +4,7 @@ Lightning's `Timer`, which measures training time across resumes (its state is c
 from __future__ import annotations
 
 import datetime
+import os
 import platform
 from pathlib import Path
 
@@ -12,6 +13,30 @@ import torch
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint, Timer
 from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+
+from dfkd.rundir import RunError
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written to a temporary file and renamed into place: a crash or a full disk during a write
+    never leaves a truncated last.ckpt where a good one was. A write that fails stops the run, naming the path."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(checkpoint, tmp)
+            os.replace(tmp, path)
+        except OSError as e:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+            kept = "the previous checkpoint is intact" if path.is_file() else "no checkpoint was written"
+            raise RunError(f"cannot write checkpoint {path}: {e.strerror or e}; {kept}. Free disk space or make "
+                           f"{path.parent} writable, then resume with resume=true.") from None
 
 
 def build_timer(max_minutes: float | None) -> Timer:
@@ -43,6 +68,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list, max_epochs: i
         precision=tr.precision, deterministic=tr.deterministic, max_epochs=int(max_epochs),
         logger=TensorBoardLogger(str(run_dir), name="tensorboard", version="", default_hp_metric=False),
         callbacks=[*ckpts, *callbacks], enable_progress_bar=lightning_progress_bar, num_sanity_val_steps=0,
+        plugins=[AtomicCheckpointIO()],
         log_every_n_steps=int(tr.log_every_n_steps), enable_model_summary=False,
         check_val_every_n_epoch=int(tr.check_val_every_n_epoch))
 

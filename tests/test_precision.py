@@ -20,7 +20,8 @@ def fp16_loss_scaling(monkeypatch):
     def trainer(*args, **kwargs):
         kwargs.pop("precision", None)
         scaler = torch.amp.GradScaler("cpu", init_scale=256.0)
-        return real(*args, plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)], **kwargs)
+        plugins = [*kwargs.pop("plugins", []), MixedPrecision("16-mixed", "cpu", scaler=scaler)]
+        return real(*args, plugins=plugins, **kwargs)
 
     monkeypatch.setattr(pl, "Trainer", trainer)
 

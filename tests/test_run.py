@@ -10,6 +10,7 @@ import dfkd
 from dfkd.build import build_student, build_synthesizer, build_teacher, image_shape
 from dfkd.config import compose
 from dfkd.run import main
+from dfkd.errors import DfkdError
 from dfkd.rundir import RunError
 from dfkd.synthesizers import SynthContext
 from tests.helpers import FAKE, LOOP, distill_recipes, embedded_distill_recipes, load_ckpt, run, small, train
@@ -60,6 +61,10 @@ def test_a_plugin_recipe_runs_from_the_command_line(tmp_path):
     out = train(tmp_path, "example_noise_resnet", "run=cli", *LOOP, *small("example_noise_resnet"))
     s = check_run_folder(tmp_path / "cli")
     assert s["synthesizer"] == "noise" and "student held-out acc" in out.stdout
+    # one line says what the run is; nothing that dfkd's design makes expected is warned about before the bar
+    assert "dfkd: recipe example_noise_resnet | teacher resnet8" in out.stdout
+    before_bar = out.stderr.split("distill:")[0]
+    assert "warn" not in before_bar.lower() and "Tip" not in before_bar, before_bar
 
 
 @pytest.mark.slow
@@ -106,11 +111,17 @@ def test_missing_teacher_checkpoint_names_the_recipe_that_makes_it(tmp_path):
         main(cfg_for(tmp_path, f"teacher.checkpoint={tmp_path}/nope.pt"))
 
 
-def test_corrupt_teacher_checkpoint_is_reported(tmp_path):
+def test_corrupt_teacher_checkpoint_is_reported_without_inviting_unsafe_loading(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="not a readable PyTorch checkpoint"):
+    with pytest.raises(DfkdError, match="teacher checkpoint .*bad.pt cannot be read.*truncated or corrupt") as e:
         main(cfg_for(tmp_path, f"teacher.checkpoint={bad}"))
+    assert "weights_only" not in str(e.value)
+    pickled = tmp_path / "whole_model.pt"
+    torch.save(torch.nn.Linear(2, 2), pickled)  # a pickled module, not a state_dict
+    with pytest.raises(DfkdError, match="other than tensors.*state_dict") as e:
+        main(cfg_for(tmp_path, f"teacher.checkpoint={pickled}"))
+    assert "weights_only=False" not in str(e.value)
 
 
 def test_teacher_that_does_not_fit_the_arch_is_reported(tmp_path):
@@ -132,28 +143,11 @@ def test_teacher_without_batchnorm_is_refused_for_deepinversion(tmp_path):
 def test_run_folder_of_another_recipe_is_not_clobbered(tmp_path):
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "recipe.yaml").write_text("recipe: teacher_resnet8_mnist\n")
+    (tmp_path / "taken" / "last.ckpt").write_bytes(b"a checkpoint")
     with pytest.raises(RunError, match="already holds a run of recipe 'teacher_resnet8_mnist'"):
         main(cfg_for(tmp_path, "run=taken"))
     assert (tmp_path / "taken" / "recipe.yaml").read_text() == "recipe: teacher_resnet8_mnist\n"
-
-
-def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    import dfkd.distill as distill
-
-    calls = {"n": 0}
-    real = distill.KD_LOSSES["kl"]
-
-    def poisoned(s, t, tau):
-        calls["n"] += 1
-        loss = real(s, t, tau)
-        return loss * float("nan") if calls["n"] > 2 else loss
-
-    monkeypatch.setitem(distill.KD_LOSSES, "kl", poisoned)
-    with pytest.raises(distill.DivergenceError, match="KD loss became nan"):
-        main(cfg_for(tmp_path, "run=nan", "distill.epochs=2"))
-    ck = load_ckpt(tmp_path / "nan" / "last.ckpt")
-    assert ck["dfkd"]["iteration"] == 2
-    assert all(torch.isfinite(v).all() for v in ck["state_dict"].values() if v.is_floating_point())
+    assert (tmp_path / "taken" / "last.ckpt").read_bytes() == b"a checkpoint"
 
 
 @pytest.mark.parametrize("recipe, teacher_calls_per_iteration", [("zskt_wrn", 1 + 1), ("dfad_lenet", 1 + 3)])

@@ -33,6 +33,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from dfkd.errors import DfkdError
 from dfkd.registry import Registry
 
 SYNTHESIZERS = Registry("synthesizer")
@@ -61,7 +62,7 @@ class SynthContext:
     step: Callable[[torch.optim.Optimizer], None] = lambda opt: opt.step()
 
 
-class TeacherNeedsBatchNorm(ValueError):
+class TeacherNeedsBatchNorm(DfkdError, ValueError):
     """The synthesizer matches BatchNorm statistics and the teacher has none."""
 
 

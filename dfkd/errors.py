@@ -1,0 +1,12 @@
+"""One error type for everything a user can get wrong or fix: its message says what happened, the value given and
+what to do. The command line prints it without a traceback and exits with status 2 (`--debug` or DFKD_DEBUG=1
+shows the traceback); anything else is a crash (a traceback, status 1)."""
+from __future__ import annotations
+
+
+class DfkdError(Exception):
+    """A user-facing error; str(e) is the whole message."""
+
+
+class CheckpointError(DfkdError, ValueError):
+    """A checkpoint or model file that cannot be read, or that does not fit what it is loaded into."""
