@@ -260,6 +260,21 @@ class DistillModule(pl.LightningModule):
         raise DivergenceError(f"{name} became {what} at iteration {self.iteration}: the {part} diverged. Lower "
                               f"{self.lr_settings[part]} (or its loss weights); {kept}.")
 
+    def _stop_if_not_learning(self, acc: float) -> None:
+        """A student still at chance this far into the run is not learning: a learning rate far too high (often
+        the synthesizer's, whose images stay finite but carry nothing) or a broken teacher. Stop, don't export it."""
+        after = self.cfg["stop_at_chance_after"]
+        trained = self.iteration - int(self.cfg["synthesis_only_iterations"])
+        planned = self.total_iterations - int(self.cfg["synthesis_only_iterations"])
+        if after is None or self.trainer.sanity_checking or trained < after * planned or trained <= 0:
+            return
+        if acc <= 1.5 / self.num_classes:
+            raise DivergenceError(
+                f"the student is still at chance ({100 * acc:.1f} % on the held-out images) after {trained} of "
+                f"{planned} iterations: the run is not learning. Most often a learning rate is far too high: "
+                f"{self.lr_settings['synthesizer']}, or {self.lr_settings['student']}; also check that the teacher "
+                f"scores well (printed at the start). Set distill.stop_at_chance_after=null to run on regardless.")
+
     @staticmethod
     def _all(items) -> list:
         return items if isinstance(items, list) else [items]
@@ -277,8 +292,10 @@ class DistillModule(pl.LightningModule):
             self.val_acc_raw.update(self.student(x), y)
 
     def on_validation_epoch_end(self):
-        self.log("val/acc", self.val_acc.compute(), prog_bar=True, sync_dist=False)  # compute() syncs ranks
+        acc = self.val_acc.compute()  # syncs ranks, so every rank takes the same decision below
+        self.log("val/acc", acc, prog_bar=True, sync_dist=False)
         self.val_acc.reset()
+        self._stop_if_not_learning(float(acc))
         if self.student_ema is not None:
             self.log("val/acc_raw_student", self.val_acc_raw.compute(), sync_dist=False)
             self.val_acc_raw.reset()

@@ -187,3 +187,15 @@ def test_diverged_weights_never_reach_a_checkpoint(tmp_path, monkeypatch):
     ck = load_ckpt(tmp_path / "w" / "last.ckpt")  # epoch 1's, from before the blow-up; best.ckpt likewise
     assert ck["dfkd"]["iteration"] == 1 and load_ckpt(tmp_path / "w" / "best.ckpt")["dfkd"]["iteration"] == 1
     assert all(torch.isfinite(v).all() for v in ck["state_dict"].values() if v.is_floating_point())
+
+
+def test_a_student_still_at_chance_stops_the_run_naming_both_learning_rates(tmp_path):
+    """DAFL with an absurd generator learning rate: the images stay finite, and carry nothing."""
+    from dfkd.distill import DivergenceError
+
+    loop = [o for o in LOOP if not o.startswith("distill.stop_at_chance_after")]
+    with pytest.raises(DivergenceError, match=r"still at chance \(10.0 %(.|\n)*synthesizer.lr=1000(.|\n)*"
+                                              r"distill.optimizer.lr=0.006"):
+        run(tmp_path, "dafl_lenet", "run=chance", *loop, *small("dafl_lenet"), "synthesizer.lr=1000",
+            "distill.iterations_per_epoch=4")
+    assert not (tmp_path / "chance" / "student.pt").exists()
