@@ -21,24 +21,35 @@ def image_shape(data: DictConfig) -> tuple[int, int, int]:
     return int(data.channels), int(data.image_size), int(data.image_size)
 
 
-def build_model_of(model_cfg: DictConfig, data: DictConfig) -> Classifier:
+def teacher_normalization(cfg: DictConfig) -> tuple[list, list]:
+    """The teacher's own input mean/std (`teacher.mean/std`), else the data set's."""
+    t, d = cfg.teacher, cfg.data
+    return list(t.mean if t.mean is not None else d.mean), list(t.std if t.std is not None else d.std)
+
+
+def build_model_of(model_cfg: DictConfig, data: DictConfig, mean=None, std=None) -> Classifier:
     """A classifier (preprocessing + network) from a `teacher` group entry, at random initialization."""
+    if not model_cfg.arch:
+        raise RunError("teacher.arch is not set: a dfkd name (resnet8, wrn40_2, ...), timm:NAME, torchvision:NAME "
+                       "or package.module:factory (README, 'Bring your own teacher')")
     return build_classifier(model_cfg.arch, model_cfg.arch_kwargs or {}, data.num_classes, data.channels,
                             data.image_size, model_cfg.input_size or data.image_size, model_cfg.resize,
-                            data.mean, data.std)
+                            mean or data.mean, std or data.std)
 
 
 def build_teacher(cfg: DictConfig) -> Classifier:
     """The frozen teacher from `cfg.teacher`, checked against the data it will be asked about."""
     t, d = cfg.teacher, cfg.data
-    clf = build_model_of(t, d)
+    clf = build_model_of(t, d, *teacher_normalization(cfg))
+    clf.recorded_acc = None  # the held-out accuracy the teacher file records, if any
     if t.checkpoint:
         path = Path(t.checkpoint)
         if not path.is_file():
             hint = (f" Create it with `python train.py recipe={t.train_recipe}` and pass "
                     f"teacher.checkpoint=<paths.runs>/{t.train_recipe}/teacher.pt." if t.train_recipe else "")
             raise RunError(f"teacher checkpoint {path} not found.{hint} Or set teacher.checkpoint=/path/to/file.")
-        meta = load_weights(clf.model, path)
+        clf.model, meta = load_weights(clf.model, path, t.trust_pickle, t.arch)
+        clf.recorded_acc = (meta.get("metrics") or {}).get("heldout_acc")
         want = {"num_classes": d.num_classes, "in_chans": d.channels, "image_size": d.image_size}
         for key, value in want.items():
             if key in meta and meta[key] != value:
@@ -82,17 +93,37 @@ def build_synthesizer(cfg: DictConfig, teacher: torch.nn.Module | None = None) -
     kwargs = dict(to_plain(cfg.synthesizer))
     name = kwargs.pop("name")
     d = cfg.data
+    mean, std = teacher_normalization(cfg)
     try:
         synthesizer = SYNTHESIZERS.build(name, **kwargs, num_classes=int(d.num_classes), image_shape=image_shape(d),
-                                         mean=list(d.mean), std=list(d.std))
-    except TypeError as e:  # a recipe key the synthesizer does not take
+                                         mean=mean, std=std)
+    except (TypeError, ValueError) as e:  # a recipe key the synthesizer does not take, or a value it refuses
         raise RunError(f"synthesizer '{name}': {e}") from None
     if teacher is not None:
         try:
             require_batchnorm(synthesizer, teacher, name)
         except TeacherNeedsBatchNorm as e:
             raise RunError(str(e)) from None
+        synthesizer.check_teacher(teacher)
     return synthesizer
+
+
+def check_teacher_accuracy(cfg: DictConfig, teacher: Classifier, acc: float, heldout: int) -> None:
+    """Stop before any synthesis when the teacher scores poorly on the held-out real images (below halfway from
+    chance to perfect), or far below what its file records: almost always preprocessing that differs from the
+    teacher's training."""
+    chance = 1.0 / int(cfg.data.num_classes)
+    recorded = teacher.recorded_acc
+    # below halfway from chance to perfect (55 % for 10 classes), or 10 points under what its file says
+    low = acc < chance + 0.5 * (1 - chance) or (recorded is not None and acc < recorded - 0.10)
+    if not cfg.teacher.check_heldout or cfg.teacher.random_init or not low:
+        return
+    mean, std = teacher_normalization(cfg)
+    was = f" (its file records {100 * recorded:.1f} %)" if recorded is not None else ""
+    raise RunError(f"the teacher scores {100 * acc:.1f} % on the {heldout} held-out images of '{cfg.data.name}'{was}: "
+                   f"its input is probably not prepared as in its training. Check teacher.mean/std (now {mean} / "
+                   f"{std}), teacher.input_size ({cfg.teacher.input_size or cfg.data.image_size}) and "
+                   f"teacher.resize ({cfg.teacher.resize}); teacher.check_heldout=false runs anyway.")
 
 
 @torch.no_grad()

@@ -104,17 +104,60 @@ def extract_state_dict(ck) -> dict:
                           "or a plain name->tensor dict)")
 
 
-def load_weights(model: nn.Module, path: str | Path) -> dict:
-    """Load a teacher's weights from any supported checkpoint into `model`, with a clear error on mismatch."""
-    ck = read_checkpoint(path, "teacher checkpoint")
-    sd = extract_state_dict(ck)
+def load_weights(model: nn.Module, path: str | Path, trust_pickle: bool = False, arch: str = "") -> tuple[nn.Module, dict]:
+    """Load a teacher's weights from any supported file into `model`: a dfkd model file, a state_dict (`module.`,
+    `_orig_mod.` and a common `model.` prefix stripped), or, with `trust_pickle`, a whole pickled module (which
+    then replaces `model`). Returns (model, the file's metadata)."""
+    path = Path(path)
+    try:
+        ck = read_checkpoint(path, "teacher checkpoint")
+    except CheckpointError as e:
+        if not trust_pickle or "other than tensors" not in str(e):
+            if "other than tensors" in str(e):
+                raise CheckpointError(f"{e}; or, if you trust the file, pass teacher.trust_pickle=true (loading it "
+                                      f"runs code stored in it)") from None
+            raise
+        import warnings
+
+        warnings.warn(f"teacher.trust_pickle=true: unpickling {path}, which can run arbitrary code stored in it",
+                      stacklevel=2)
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+        if isinstance(ck, nn.Module):
+            return ck, {}
+    sd = _strip_common_prefix(extract_state_dict(ck), model.state_dict().keys())
     missing, unexpected = model.state_dict().keys() - sd.keys(), sd.keys() - model.state_dict().keys()
     if missing or unexpected:
-        raise CheckpointError(f"{path} does not fit {type(model).__name__}: missing {sorted(missing)[:5]}, "
-                              f"unexpected {sorted(unexpected)[:5]}. Check teacher.arch / arch_kwargs.")
+        raise CheckpointError(f"{path} does not fit teacher.arch={arch or type(model).__name__}: the model expects "
+                              f"{sorted(missing)[:4]} (and {max(len(missing) - 4, 0)} more) that the file lacks, "
+                              f"the file has {sorted(unexpected)[:4]} (and {max(len(unexpected) - 4, 0)} more) that the "
+                              f"model lacks. {_likely_cause(sd.keys(), arch)}")
     try:
         model.load_state_dict(sd)
     except RuntimeError as e:
-        raise CheckpointError(f"{path} does not fit the configured teacher: {str(e).splitlines()[0]} ... Check "
-                              "teacher.arch, arch_kwargs and data.num_classes.") from None
-    return ck if isinstance(ck, dict) else {}
+        lines = [line.strip() for line in str(e).splitlines() if "size mismatch" in line][:3]
+        raise CheckpointError(f"{path} does not fit teacher.arch={arch}: {'; '.join(lines) or e}. Check "
+                              "teacher.arch_kwargs, data.num_classes and data.channels.") from None
+    return model, ck if isinstance(ck, dict) else {}
+
+
+def _strip_common_prefix(sd: dict, wanted) -> dict:
+    """Drop a prefix that every key carries and the model's keys do not (`model.`, `net.`: wrapper modules)."""
+    wanted = set(wanted)
+    first = next(iter(sd), "")
+    if "." in first and not (sd.keys() & wanted):
+        prefix = first.split(".")[0] + "."
+        if all(k.startswith(prefix) for k in sd):
+            return {k[len(prefix):]: v for k, v in sd.items()}
+    return sd
+
+
+def _likely_cause(keys, arch: str) -> str:
+    keys = set(keys)
+    if {"conv1.weight", "fc.weight"} <= keys and any(k.startswith("layer1.") for k in keys):
+        guess = "It looks like a torchvision (or timm) ResNet: teacher.arch=torchvision:resnet18 (or the depth it has)"
+    elif any(k.startswith(("blocks.", "stem.", "head.")) for k in keys):
+        guess = "It looks like a timm model: teacher.arch=timm:NAME"
+    else:
+        guess = "It was saved from another architecture"
+    return (f"{guess}; a class of your own is teacher.arch=package.module:factory. dfkd's own names (like "
+            f"'{arch}') are its CIFAR definitions.")

@@ -24,6 +24,7 @@ from dfkd.resources import RECIPES_DIR, REPO_ROOT, TEACHERS_DIR
 
 ROOT = REPO_ROOT
 PRIMARY = "base"
+OPEN_KEYS = ("teacher.arch_kwargs.", "student.arch_kwargs.")
 
 OmegaConf.register_new_resolver("dfkd_teachers", lambda: str(TEACHERS_DIR), replace=True)
 
@@ -109,7 +110,8 @@ def compose(recipe: str, overrides: list[str] | tuple[str, ...] = ()) -> DictCon
         near = difflib.get_close_matches(recipe, recipes, n=3)
         raise ConfigError(f"unknown recipe {recipe!r}." + (f" Did you mean {', '.join(near)}?" if near else "")
                           + f"\nRecipes: {', '.join(recipes)}")
-    overrides = list(overrides)
+    # a model's keyword arguments are an open set: `student.arch_kwargs.width=0.5` adds or sets, with no `+`
+    overrides = [f"++{o}" if o.startswith(OPEN_KEYS) else o for o in overrides]
     try:
         cfg = _compose_raw(recipe, overrides)
     except Exception as e:  # hydra raises several exception types for bad overrides
@@ -118,6 +120,10 @@ def compose(recipe: str, overrides: list[str] | tuple[str, ...] = ()) -> DictCon
         cfg.recipe = recipe
         if not cfg.get("run"):
             cfg.run = recipe
+        for part in ("teacher", "student"):  # another architecture: the recipe's arch_kwargs were for the old one
+            swapped = any(o.startswith(f"{part}.arch=") for o in overrides)
+            if swapped and not any(o.lstrip("+~").startswith(f"{part}.arch_kwargs") for o in overrides):
+                cfg[part].arch_kwargs = {}
     OmegaConf.set_struct(cfg, True)
     check_value_types(recipe, overrides, cfg)
     validate(cfg)

@@ -202,6 +202,8 @@ class DistillModule(pl.LightningModule):
         for k, v in batch.losses.items():
             self._check_finite(f"synthesizer loss '{k}'", torch.tensor(v), "synthesizer")
         self._check_finite("the synthesized images", batch.images, "synthesizer")
+        if self.images_synthesized == 0 and self.global_rank == 0 and self.synth_seconds == 0:
+            self._say_synthesis_cost(batch.images.shape[0], dt)
         self.synth_seconds += dt
         self.images_synthesized += batch.images.shape[0]
         self.last_synth = batch
@@ -209,6 +211,14 @@ class DistillModule(pl.LightningModule):
         self.log_dict({f"synth/{k}": v for k, v in batch.losses.items()}, on_step=True, on_epoch=False)
         self.log("synth/images_per_s", batch.images.shape[0] / max(dt, 1e-9), on_step=True, on_epoch=False)
         self.log("synth/images", float(self.images_synthesized), on_step=True, on_epoch=False)
+
+    def _say_synthesis_cost(self, n: int, seconds: float) -> None:
+        """Run time scales with the teacher: say what one synthesized batch costs, and what the run's will."""
+        calls = -(-self.total_iterations // int(self.cfg["synth_every"]))
+        from tqdm.auto import tqdm
+
+        tqdm.write(f"dfkd: one synthesized batch of {n} images took {seconds:.2f} s (the first, with warm-up); this "
+                   f"run synthesizes {calls} batches, about {calls * seconds / 60:.1f} min")
 
     def _distill(self) -> torch.Tensor:
         """`kd_steps` student steps; returns the last KD loss (detached)."""
@@ -266,8 +276,9 @@ class DistillModule(pl.LightningModule):
         after = self.cfg["stop_at_chance_after"]
         trained = self.iteration - int(self.cfg["synthesis_only_iterations"])
         planned = self.total_iterations - int(self.cfg["synthesis_only_iterations"])
-        if after is None or self.trainer.sanity_checking or trained < after * planned or trained <= 0:
-            return
+        steps = trained * int(self.cfg["kd_steps"])
+        if after is None or self.trainer.sanity_checking or trained < after * planned or steps < 100:
+            return  # too early to judge: a fraction of the run, and at least 100 student steps
         if acc <= 1.5 / self.num_classes:
             raise DivergenceError(
                 f"the student is still at chance ({100 * acc:.1f} % on the held-out images) after {trained} of "

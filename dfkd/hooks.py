@@ -137,5 +137,8 @@ def classifier_head(model: nn.Module) -> str:
     """Path of the last nn.Linear of `model`: its input is the penultimate feature."""
     linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     if not linears:
-        raise ValueError(f"{type(model).__name__} has no nn.Linear head; set the synthesizer's feature_layer")
+        from dfkd.errors import DfkdError
+
+        raise DfkdError(f"{type(model).__name__} has no nn.Linear head; set synthesizer.feature_layer to one of its "
+                        f"modules: {[n for n, _ in model.named_modules() if n][-6:]}")
     return linears[-1]

@@ -18,7 +18,8 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from dfkd.augment import build_augment
-from dfkd.build import build_student, build_synthesizer, build_teacher, evaluate, image_shape
+from dfkd.build import (build_student, build_synthesizer, build_teacher, check_teacher_accuracy, evaluate, image_shape,
+                        teacher_normalization)
 from dfkd.callbacks import CurveLogger, ImageGridLogger, KillAt, RunProgressBar, append_curve, save_image_grid
 from dfkd.config import to_plain
 from dfkd.data import StepDataset, build_splits
@@ -50,13 +51,16 @@ def run_distill(cfg: DictConfig) -> dict | None:
     synthesizer = build_synthesizer(cfg, teacher)
     run_dir = run_dir_of(cfg)
     teacher_acc = evaluate(teacher, splits.val) if is_rank_zero() else None
+    if is_rank_zero():
+        check_teacher_accuracy(cfg, teacher, teacher_acc, len(splits.val))
     initial_acc = evaluate(student, splits.val) if is_rank_zero() else None  # before any distillation
 
     d = cfg.distill
     timer = build_timer(cfg.trainer.max_minutes)
+    mean, std = teacher_normalization(cfg)
     module = DistillModule(teacher, student, synthesizer, to_plain(d), to_plain(cfg.bank),
                            build_augment(to_plain(cfg.augment)), num_classes=cfg.data.num_classes,
-                           image_shape=image_shape(cfg.data), mean=cfg.data.mean, std=cfg.data.std, seed=cfg.seed,
+                           image_shape=image_shape(cfg.data), mean=mean, std=std, seed=cfg.seed,
                            timer=timer, lr_settings=_lr_settings(cfg))
     callbacks = [timer, RunProgressBar(), ImageGridLogger(cfg.log.image_every, cfg.log.grid_size),
                  CurveLogger(run_dir / "curve.csv")]
@@ -80,6 +84,8 @@ def run_distill(cfg: DictConfig) -> dict | None:
     summary = _finish(cfg, run_dir, module, trainer, splits, teacher, student, teacher_acc, initial_acc)
     summary["wall_time_s"] = time.perf_counter() - t_start
     summary["stopped_by_budget"] = stopped_by_budget(timer)
+    # a student no better than chance is said so plainly (a budget far too short, most often)
+    summary["student"]["at_chance"] = summary["student"]["heldout_acc"] <= 1.5 / int(cfg.data.num_classes)
     write_json(run_dir / "summary.json", summary)
     print(report(summary, run_dir))
     return summary
@@ -138,5 +144,8 @@ def report(s: dict, run_dir) -> str:
             f"images synthesized    {s['images_synthesized']:,} in {s['synthesis_time_s']:.0f} s of synthesis\n"
             f"wall time             {s['wall_time_s']:.0f} s ({s['iterations']} iterations"
             f"{', stopped by the time budget' if s.get('stopped_by_budget') else ''})\n"
+            + (f"WARNING               the student is at chance level: it learned nothing usable"
+               f"{' in the time budget; raise trainer.max_minutes' if s.get('stopped_by_budget') else ''}\n"
+               if s["student"].get("at_chance") else "") +
             f"summary               {run_dir / 'summary.json'}\n"
             f"exported student      {s['exported_student']}  (dfkd.load_student(path))\n")

@@ -122,6 +122,10 @@ class Synthesizer(nn.Module):
         self.rng = torch.Generator(device=ctx.device)
         self.rng.manual_seed(int(ctx.seed) * 1000 + 17 + ctx.rank)
 
+    def check_teacher(self, teacher: nn.Module) -> None:
+        """Before anything runs: refuse a teacher this method cannot use, naming what would fit (layer names a
+        recipe gives, say). The BatchNorm requirement is checked by the base class already."""
+
     def synthesize(self) -> SynthBatch:
         raise NotImplementedError
 

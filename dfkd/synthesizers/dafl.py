@@ -46,6 +46,19 @@ class DAFL(GeneratorSynthesizer):
         self.feature_layer = feature_layer
         self.taps: FeatureTaps | None = None
 
+    def check_teacher(self, teacher) -> None:
+        if self.feature_layer is None:
+            classifier_head(teacher.model)  # raises when there is no Linear head to take the feature from
+            return
+        names = [n for n, _ in teacher.model.named_modules() if n]
+        if self.feature_layer not in names:
+            from dfkd.errors import DfkdError
+
+            linear = [n for n, m in teacher.model.named_modules() if isinstance(m, torch.nn.Linear)]
+            raise DfkdError(f"synthesizer.feature_layer={self.feature_layer!r} is not a module of the teacher. Its "
+                            f"Linear layers: {linear}; its last modules: {names[-6:]}. synthesizer.feature_layer=null "
+                            f"takes the input of its last Linear (the penultimate features), whatever the teacher.")
+
     def attach(self, teacher, student, ctx):
         super().attach(teacher, student, ctx)
         self.feature_layer = self.feature_layer or classifier_head(teacher.model)
