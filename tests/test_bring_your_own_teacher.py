@@ -1,6 +1,8 @@
 """A user's own teacher, as a user brings it: a timm and a torchvision model trained by a plain PyTorch script with
 their own normalization (mean 0.5, std 0.5) and saved as state_dicts, then distilled through the command line;
 and the mistakes such a user makes, each ending in its message."""
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -49,12 +51,9 @@ def test_an_own_teacher_distills_through_the_command_line(teachers, tmp_path, na
     ext = "pth" if name == "timm" else "pt"
     out = train(tmp_path, "fastdfkd_resnet", "teacher=custom", f"teacher.arch={arch}",
                 f"teacher.checkpoint={teachers}/{name}.{ext}", *OWN_NORM, f"run={name}", "distill.epochs=6",
-                "distill.iterations_per_epoch=8")
-    assert f"teacher {arch}" in out.stdout and "one synthesized batch of 64 images took" in out.stdout
-    summary = (tmp_path / name / "summary.json").read_text()
-    import json
-
-    s = json.loads(summary)
+                "distill.iterations_per_epoch=8", "synthesizer.batch_size=32", "distill.batch_size=64")
+    assert f"teacher {arch}" in out.stdout and "one synthesized batch of 32 images took" in out.stdout
+    s = json.loads((tmp_path / name / "summary.json").read_text())
     assert s["teacher"]["heldout_acc"] > 0.8
     assert s["student"]["heldout_acc"] > 0.25 and not s["student"]["at_chance"]  # chance is 0.10
 
