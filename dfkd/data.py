@@ -92,12 +92,22 @@ def _svhn(root=None, download=False, **_):
 
 
 @DATASETS.register("imagefolder")
-def _imagefolder(root=None, image_size: int = 224, **_):
-    """`root/train/<class>/*.jpg` and `root/val/<class>/*.jpg` (the ImageNet layout)."""
+def _imagefolder(root=None, image_size: int = 224, channels: int = 3, val_per_class: int | None = None,
+                 cache_dir: str | None = None, **_):
+    """An ImageFolder tree or a .tar/.tar.gz archive of one (dfkd/image_folder.py): with `val_per_class`, the last
+    that many images of each class are held out, and everything is decoded once into a cached array. Without it,
+    the ImageNet layout `root/train/<class>/*` and `root/val/<class>/*`, read through torchvision."""
+    if val_per_class:
+        from dfkd.image_folder import UInt8Images, load_image_folder, split_last_per_class
+
+        images, labels, _ = load_image_folder(root or "", int(image_size), int(channels), cache_dir)
+        train, val = split_last_per_class(labels, int(val_per_class))
+        return Splits(UInt8Images(images[train], labels[train]), UInt8Images(images[val], labels[val]))
     from torchvision import datasets, transforms as T
 
     if not root or not (Path(root) / "train").is_dir():
-        raise FileNotFoundError(f"imagefolder needs data.root with train/ and val/ class folders; got {root!r}")
+        raise FileNotFoundError(f"imagefolder needs data.root with train/ and val/ class folders, or "
+                                f"data.val_per_class=N to hold out the last N images of each class; got {root!r}")
     tf = T.Compose([T.Resize(image_size), T.CenterCrop(image_size), T.ToTensor()])
     return Splits(datasets.ImageFolder(str(Path(root) / "train"), tf), datasets.ImageFolder(str(Path(root) / "val"), tf))
 
