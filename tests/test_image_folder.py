@@ -74,3 +74,14 @@ def test_a_recipe_reads_an_archive_through_the_data_group(tree, tmp_path):
 def test_a_missing_source_says_what_to_give(tmp_path):
     with pytest.raises(DfkdError, match="does not exist.*ImageFolder tree.*archive"):
         load_image_folder(tmp_path / "nope.tar.gz", 8, 3, tmp_path)
+
+
+def test_a_cifar_teacher_recipe_trains_on_an_archive(tree, tmp_path):
+    from dfkd.run import main
+
+    archive = archive_of(tree, tmp_path / "train.tar.gz")
+    s = main(compose("teacher_resnet20_cifar10", [f"paths.runs={tmp_path}", "run=t", f"data.root={archive}",
+                                                  "data.image_size=8", "data.val_per_class=2", "data.num_classes=3",
+                                                  f"data.cache_dir={tmp_path / 'cache'}", "train.epochs=1",
+                                                  "train.batch_size=3", "trainer.accelerator=cpu"]))
+    assert (tmp_path / "t" / "teacher.pt").is_file() and s["train_images"] == 9 and 0 <= s["heldout_acc"] <= 1
