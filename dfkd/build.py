@@ -23,24 +23,29 @@ def image_shape(data: DictConfig) -> tuple[int, int, int]:
 
 def teacher_normalization(cfg: DictConfig) -> tuple[list, list]:
     """The teacher's own input mean/std (`teacher.mean/std`), else the data set's."""
-    t, d = cfg.teacher, cfg.data
-    return list(t.mean if t.mean is not None else d.mean), list(t.std if t.std is not None else d.std)
+    return _normalization(cfg.teacher, cfg.data)
 
 
-def build_model_of(model_cfg: DictConfig, data: DictConfig, mean=None, std=None) -> Classifier:
-    """A classifier (preprocessing + network) from a `teacher` group entry, at random initialization."""
+def _normalization(model_cfg: DictConfig, data: DictConfig) -> tuple[list, list]:
+    return (list(model_cfg.mean if model_cfg.mean is not None else data.mean),
+            list(model_cfg.std if model_cfg.std is not None else data.std))
+
+
+def build_model_of(model_cfg: DictConfig, data: DictConfig) -> Classifier:
+    """A classifier (preprocessing with the teacher's own normalization + network) from a `teacher` group entry,
+    at random initialization: the same for training a teacher and for distilling from it."""
     if not model_cfg.arch:
         raise RunError("teacher.arch is not set: a dfkd name (resnet8, wrn40_2, ...), timm:NAME, torchvision:NAME "
                        "or package.module:factory (README, 'Bring your own teacher')")
     return build_classifier(model_cfg.arch, model_cfg.arch_kwargs or {}, data.num_classes, data.channels,
                             data.image_size, model_cfg.input_size or data.image_size, model_cfg.resize,
-                            mean or data.mean, std or data.std)
+                            *_normalization(model_cfg, data))
 
 
 def build_teacher(cfg: DictConfig) -> Classifier:
     """The frozen teacher from `cfg.teacher`, checked against the data it will be asked about."""
     t, d = cfg.teacher, cfg.data
-    clf = build_model_of(t, d, *teacher_normalization(cfg))
+    clf = build_model_of(t, d)
     clf.recorded_acc = None  # the held-out accuracy the teacher file records, if any
     if t.checkpoint:
         path = Path(t.checkpoint)

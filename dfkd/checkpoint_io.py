@@ -48,10 +48,20 @@ def save_model_file(path: str | Path, classifier: Classifier, meta: dict) -> Pat
     payload = {"format": FORMAT, **meta, "image_size": p.image_size, "input_size": p.input_size,
                "resize": p.resize, "mean": p.mean.flatten().tolist(), "std": p.std.flatten().tolist(),
                "state_dict": {k: v.detach().cpu().clone() for k, v in clean_state_dict(classifier.model.state_dict()).items()}}
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    atomic_save(payload, path)
     return path
+
+
+def atomic_save(obj, path: Path) -> None:
+    """torch.save to a temporary file, then rename: a crash or a full disk never leaves half a file in place of a
+    whole one (the temporary file is removed when the write fails)."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        torch.save(obj, tmp)
+        tmp.replace(path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_checkpoint(path: str | Path, what: str = "checkpoint") -> dict:

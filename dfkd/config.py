@@ -72,17 +72,24 @@ def _groups() -> list[str]:
     return sorted({p.name for d in recipe_dirs() for p in d.iterdir() if p.is_dir()})
 
 
+def _reference(recipe: str, overrides: list[str]) -> DictConfig:
+    """The recipe with only the overrides that swap config groups: what the other overrides are checked against."""
+    groups = _groups()
+    return _compose_raw(recipe, [o for o in overrides if o.split("=", 1)[0] in groups])
+
+
 def _explain_override_error(recipe: str, overrides: list[str], err: Exception) -> str:
     msg = str(err).strip()
     try:
-        base = _compose_raw(recipe, [o for o in overrides if o.split("=")[0] in _groups()])
+        base = _reference(recipe, overrides)
     except Exception:  # noqa: BLE001
         return msg
     known = _flat_keys(base)
+    groups = _groups()
     hints = []
     for o in overrides:
         key = o.split("=", 1)[0]
-        if key.startswith(("+", "~")) or key in _groups():
+        if key.startswith(("+", "~")) or key in groups:
             continue
         if OmegaConf.select(base, key, default="__missing__") == "__missing__":
             near = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
@@ -137,11 +144,12 @@ _FREE_TYPED = ("trainer.devices", "resume")
 def check_value_types(recipe: str, overrides: list[str], cfg: DictConfig) -> None:
     """Each `key=value` override must have the type of the value the recipe declares for it (a number where a
     number is declared, true/false for a switch, a list for a list)."""
+    groups = _groups()
     plain = [o for o in overrides if "=" in o and not o.startswith(("+", "~"))
-             and o.split("=", 1)[0] not in _groups() and o.split("=", 1)[0] not in _FREE_TYPED]
+             and o.split("=", 1)[0] not in groups and o.split("=", 1)[0] not in _FREE_TYPED]
     if not plain:
         return
-    reference = _compose_raw(recipe, [o for o in overrides if o.split("=", 1)[0] in _groups()])
+    reference = _reference(recipe, overrides)
     for o in plain:
         key, given = o.split("=", 1)
         want = OmegaConf.select(reference, key, default=None)
@@ -167,8 +175,12 @@ def _type_problem(want, got) -> str | None:
 
 
 def _show(value) -> str:
-    return OmegaConf.to_yaml(value).strip() if OmegaConf.is_config(value) else str(value).lower() \
-        if isinstance(value, bool) else str(value)
+    """A value as one would type it in an override."""
+    if OmegaConf.is_config(value):
+        return OmegaConf.to_yaml(value).strip()
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
 
 
 def validate(cfg: DictConfig) -> None:

@@ -32,6 +32,11 @@ from dfkd.rank_state import fingerprint, gather_rank_states, own_rank_state
 from dfkd.synthesizers.base import SynthContext, Synthesizer
 
 
+def at_chance(acc: float, num_classes: int) -> bool:
+    """No better than guessing: at most 1.5 times the chance accuracy."""
+    return acc <= 1.5 / int(num_classes)
+
+
 class DivergenceError(DfkdError, FloatingPointError):
     """A loss, the synthetic images or the weights became NaN/inf; the run stops, and no checkpoint is written
     from the diverged state."""
@@ -202,7 +207,7 @@ class DistillModule(pl.LightningModule):
         for k, v in batch.losses.items():
             self._check_finite(f"synthesizer loss '{k}'", torch.tensor(v), "synthesizer")
         self._check_finite("the synthesized images", batch.images, "synthesizer")
-        if self.images_synthesized == 0 and self.global_rank == 0 and self.synth_seconds == 0:
+        if self.images_synthesized == 0 and self.global_rank == 0:
             self._say_synthesis_cost(batch.images.shape[0], dt)
         self.synth_seconds += dt
         self.images_synthesized += batch.images.shape[0]
@@ -263,7 +268,7 @@ class DistillModule(pl.LightningModule):
         if self._saved_at is not None and run_dir:
             kept = (f"{run_dir}/last.ckpt (iteration {self._saved_at}) is the last good checkpoint: resume from it "
                     f"with resume=true after lowering it, or start over")
-        elif self._pending_state is None and self.iteration and run_dir and self.trainer.ckpt_path:
+        elif self._trainer is not None and self.trainer.ckpt_path:  # resumed, nothing written since
             kept = f"{self.trainer.ckpt_path} is untouched: resume from it after lowering it"
         else:
             kept = "no checkpoint had been written yet: start over (overwrite=true) after lowering it"
@@ -279,7 +284,7 @@ class DistillModule(pl.LightningModule):
         steps = trained * int(self.cfg["kd_steps"])
         if after is None or self.trainer.sanity_checking or trained < after * planned or steps < 100:
             return  # too early to judge: a fraction of the run, and at least 100 student steps
-        if acc <= 1.5 / self.num_classes:
+        if at_chance(acc, self.num_classes):
             raise DivergenceError(
                 f"the student is still at chance ({100 * acc:.1f} % on the held-out images) after {trained} of "
                 f"{planned} iterations: the run is not learning. Most often a learning rate is far too high: "

@@ -23,7 +23,7 @@ from dfkd.build import (build_student, build_synthesizer, build_teacher, check_t
 from dfkd.callbacks import CurveLogger, ImageGridLogger, KillAt, RunProgressBar, append_curve, save_image_grid
 from dfkd.config import to_plain
 from dfkd.data import StepDataset, build_splits
-from dfkd.distill import DistillModule
+from dfkd.distill import DistillModule, at_chance
 from dfkd.models import count_params
 from dfkd.console import quiet_expected_warnings, run_line
 from dfkd.rundir import RunError, is_rank_zero, prepare_run_dir, resume_checkpoint, run_dir_of, versions, write_json
@@ -85,7 +85,7 @@ def run_distill(cfg: DictConfig) -> dict | None:
     summary["wall_time_s"] = time.perf_counter() - t_start
     summary["stopped_by_budget"] = stopped_by_budget(timer)
     # a student no better than chance is said so plainly (a budget far too short, most often)
-    summary["student"]["at_chance"] = summary["student"]["heldout_acc"] <= 1.5 / int(cfg.data.num_classes)
+    summary["student"]["at_chance"] = at_chance(summary["student"]["heldout_acc"], cfg.data.num_classes)
     write_json(run_dir / "summary.json", summary)
     print(report(summary, run_dir))
     return summary

@@ -92,10 +92,10 @@ def check_resume(cfg: DictConfig, run_dir: Path) -> None:
     stored = _stored_recipe(run_dir)
     if stored.get("recipe") not in (None, cfg.recipe):
         raise RunError(f"{run_dir} holds a run of recipe '{stored['recipe']}', not '{cfg.recipe}'.")
-    changed = [k for k in sorted(set(_flat(stored)) | set(_flat(to_plain(cfg))))
-               if not k.startswith(RESUME_MAY_CHANGE) and _flat(stored).get(k) != _flat(to_plain(cfg)).get(k)]
+    now, then = _flat(to_plain(cfg)), _flat(stored)
+    changed = [k for k in sorted(now.keys() | then.keys())
+               if not k.startswith(RESUME_MAY_CHANGE) and then.get(k) != now.get(k)]
     if changed:
-        now, then = _flat(to_plain(cfg)), _flat(stored)
         lines = "\n".join(f"  {k}: the run has {then.get(k)!r}, this command {now.get(k)!r}" for k in changed[:10])
         more = f"\n  ... and {len(changed) - 10} more" if len(changed) > 10 else ""
         raise RunError(f"{run_dir} was started with other settings, which a resume cannot change:\n{lines}{more}\n"

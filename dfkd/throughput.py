@@ -64,7 +64,7 @@ def measure(method: str, device: torch.device, variant: str, synth_batch: int | 
     recipe, extra = METHODS[method]
     base = compose(recipe)
     over = [*PAIR, *extra]
-    if "arch_kwargs" in base.student and base.student.arch == "tucker":
+    if base.student.arch == "tucker":
         over += ["~student.arch_kwargs", "+student.arch_kwargs={}"]  # KegNet's recipe compresses its teacher; here every method gets ResNet-18
     if synth_batch:
         over.append(f"synthesizer.batch_size={synth_batch}")

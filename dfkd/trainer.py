@@ -4,7 +4,6 @@ Lightning's `Timer`, which measures training time across resumes (its state is c
 from __future__ import annotations
 
 import datetime
-import os
 import platform
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint, Timer
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
+from dfkd.checkpoint_io import atomic_save
 from dfkd.rundir import RunError
 
 
@@ -24,16 +24,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
         path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(checkpoint, tmp)
-            os.replace(tmp, path)
+            atomic_save(checkpoint, path)
         except OSError as e:
-            try:
-                tmp.unlink(missing_ok=True)
-            except OSError:
-                pass
             kept = "the previous checkpoint is intact" if path.is_file() else "no checkpoint was written"
             raise RunError(f"cannot write checkpoint {path}: {e.strerror or e}; {kept}. Free disk space or make "
                            f"{path.parent} writable, then resume with resume=true.") from None
@@ -53,7 +47,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list, max_epochs: i
                   monitor: str | None = "val/acc", lightning_progress_bar: bool = False) -> pl.Trainer:
     tr = cfg.trainer
     strategy = tr.strategy
-    if strategy == "auto" and (int(tr.devices) > 1 or int(tr.num_nodes) > 1):
+    several = not str(tr.devices).isdigit() or int(tr.devices) > 1  # "auto", "0,1", [0, 1] may mean several
+    if strategy == "auto" and (several or int(tr.num_nodes) > 1):
         # generator and student are updated in separate backward passes, so each pass leaves some
         # parameters unused; rank-local tensors (pixels, bank) are plain attributes, never DDP state.
         strategy = "ddp_find_unused_parameters_true"

@@ -87,9 +87,12 @@ def test_a_teacher_recipe_writes_into_its_run_folder_and_never_over_a_shipped_te
     from dfkd.resources import TEACHERS_DIR
 
     shipped = (TEACHERS_DIR / "lenet5_mnist.pt").read_bytes()
-    s = run(tmp_path, "teacher_lenet5_mnist", "run=mine", "train.epochs=1", "trainer.accelerator=cpu")
+    s = run(tmp_path, "teacher_lenet5_mnist", "run=mine", "train.epochs=1", "trainer.accelerator=cpu",
+            "teacher.mean=[0.5]", "teacher.std=[0.5]")
     assert (TEACHERS_DIR / "lenet5_mnist.pt").read_bytes() == shipped
     assert s["output"] == str(tmp_path / "mine" / "teacher.pt") and s["heldout_acc"] > 0.5
+    saved = load_ckpt(tmp_path / "mine" / "teacher.pt")  # trained with the teacher's own normalization
+    assert saved["mean"] == [0.5] and saved["std"] == [0.5]
     teacher = build_teacher(compose("dfad_lenet", [f"teacher.checkpoint={tmp_path}/mine/teacher.pt"]))
     assert teacher(torch.rand(2, 1, 28, 28)).shape == (2, 10)
 

@@ -46,6 +46,11 @@ def test_values_are_checked_against_the_declared_types(override, says):
     compose("deepinversion_resnet", ["synthesizer.lr=1", "distill.tau=4", "trainer.devices=auto"])  # fine
 
 
+def test_devices_given_as_a_word_run(tmp_path):
+    s = run(tmp_path, "deepinversion_resnet", "run=auto", *TINY, "distill.epochs=1", "trainer.devices=auto")
+    assert s["world_size"] == 1
+
+
 def test_a_failed_start_leaves_no_run_folder(tmp_path):
     with pytest.raises(RunError, match="no BatchNorm"):
         run(tmp_path, "deepinversion_resnet", "run=nobn", *TINY, "teacher.arch=lenet5", "teacher.checkpoint=null",

@@ -88,8 +88,6 @@ class Synthesizer(nn.Module):
     def __init__(self, batch_size: int, num_classes: int | None = None, image_shape=None, mean=None, std=None):
         super().__init__()
         self.batch_size = int(batch_size)
-        if self.batch_size < 1:
-            raise ValueError(f"synthesizer.batch_size must be >= 1, got {batch_size}")
         # what the data looks like, known at construction so generators can be built before attach()
         self.num_classes = num_classes
         self.image_shape = tuple(image_shape) if image_shape is not None else None
