@@ -121,7 +121,9 @@ def test_a_failed_checkpoint_write_stops_the_run_and_keeps_the_previous_checkpoi
 
     def disk_full_after_the_first_epoch(obj, path, *a, **k):
         calls.append(path)
-        if len(calls) > 2:  # epoch 1 wrote last and best; epoch 2's first write finds the disk full
+        if len(calls) > 2:  # epoch 1 wrote last and best; epoch 2's first write fills the disk half-way
+            with open(path, "wb") as f:
+                f.write(b"PK\x03\x04 the first bytes of a checkpoint")
             raise OSError(28, "No space left on device")
         return real(obj, path, *a, **k)
 
