@@ -102,8 +102,10 @@ def test_resume_best_continues_and_the_progress_bar_starts_where_it_stopped(fini
     best_iteration = load_ckpt(folder / "best.ckpt")["dfkd"]["iteration"]
     out = train(runs, "deepinversion_resnet", "run=done", *TINY, "resume=best", "distill.epochs=3", check=False)
     assert out.returncode == 2 and "distill.epochs" in out.stderr  # a longer schedule is another run ...
+    assert best_iteration < 4  # so the resume has iterations left to run
     out = train(runs, "deepinversion_resnet", "run=done", *TINY, "resume=best")
-    assert f"{best_iteration}/4" in out.stderr  # ... a resume picks up where best.ckpt stopped
+    # ... a resume picks up where best.ckpt stopped: its bar starts there and ends at the run's end
+    assert f"{best_iteration}/4" in out.stderr and "4/4" in out.stderr and "0/4" not in out.stderr, out.stderr
     assert "resuming from best.ckpt" in out.stdout
 
 
