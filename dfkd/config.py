@@ -60,9 +60,10 @@ def recipe_description(name: str) -> str:
 
 def _flat_keys(cfg, prefix="") -> list[str]:
     keys = []
-    for k, v in cfg.items():
+    for k in cfg.keys():
         full = f"{prefix}{k}"
         keys.append(full)
+        v = cfg._get_node(k)  # the node, unresolved: a mandatory `???` value must not raise here
         if isinstance(v, DictConfig):
             keys += _flat_keys(v, full + ".")
     return keys
@@ -91,7 +92,7 @@ def _explain_override_error(recipe: str, overrides: list[str], err: Exception) -
         key = o.split("=", 1)[0]
         if key.startswith(("+", "~")) or key in groups:
             continue
-        if OmegaConf.select(base, key, default="__missing__") == "__missing__":
+        if key not in known:
             near = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
             hints.append(f"  '{key}' is not a key of recipe '{recipe}'"
                          + (f"; did you mean: {', '.join(near)}" if near else ""))

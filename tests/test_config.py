@@ -23,6 +23,16 @@ def test_typo_in_override_names_the_nearest_key():
         compose("deepinversion_resnet", ["synthesizer.iteration=7"])
 
 
+def test_typo_in_a_recipe_with_a_mandatory_value_names_the_nearest_key():
+    """data.root is `???` until the user gives it: the hint must still be built, and the mandatory key named."""
+    with pytest.raises(ConfigError, match=r"'data.roots' is not a key.*did you mean: data.root") as e:
+        compose("teacher_resnet20_cifar10", ["data.roots=x"])
+    assert "'data.root' is not a key" not in str(e.value)
+    with pytest.raises(ConfigError, match=r"'out_dir' is not a key") as e:
+        compose("teacher_resnet20_cifar10", ["data.root=x", "out_dir=y"])
+    assert "'data.root' is not a key" not in str(e.value)
+
+
 def test_unknown_recipe_lists_recipes():
     with pytest.raises(ConfigError, match=r"unknown recipe 'deepinversion_resnt'.*Did you mean deepinversion_resnet"):
         compose("deepinversion_resnt")
