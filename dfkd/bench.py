@@ -1,6 +1,7 @@
 """Benchmark: every embedded recipe under the same conditions, one table and one plot.
 
     python -m dfkd.bench                          # every embedded distillation recipe, seed 0, full recipes
+    python -m dfkd.bench --suite cifar10 --set data.root=PATH/train.tar.gz   # the CIFAR-10 CPU tier
     python -m dfkd.bench --minutes 10             # stop each method at the same 10-minute training budget
     python -m dfkd.bench dafl_lenet dfad_lenet --seeds 0 1 2
     python -m dfkd.bench --seeds 0 1 2 --jobs 18 --set trainer.accelerator=gpu   # all at once on one GPU
@@ -12,6 +13,7 @@ for the figures and curve.csv (held-out accuracy after every epoch, with the tra
 accuracy-vs-time plot. Writes, after every run (an interrupted benchmark keeps what it measured):
 
     <out>/results.md   <out>/results.csv   <out>/accuracy_vs_time.png   <out>/runs/<recipe>_s<seed>/
+    <out>/readme_table.md (the README's table: one line per recipe)
 """
 from __future__ import annotations
 
@@ -50,16 +52,32 @@ PUBLISHED = [
 ]
 
 
-def embedded_recipes() -> list[str]:
-    """Distillation recipes that run on the embedded data with no plug-ins (the plug-in example is excluded)."""
+# Each suite: which distillation recipes it runs, and what their held-out accuracy is measured on.
+SUITES = {
+    "mnist": "the 1,000 real MNIST digits held out of the embedded set (100 a class)",
+    "cifar10": "the 5,000 real CIFAR-10 images held out of data.root (the last 500 of each class)",
+}
+
+
+def _in_suite(suite: str, name: str, cfg) -> bool:
+    if cfg.task != "distill" or cfg.get("plugins"):  # the plug-in example is not a method of dfkd's
+        return False
+    if suite == "mnist":
+        return cfg.data.name == "mnist_embedded"
+    # the CPU tier: `<method>_cifar10` on a CIFAR-10 folder or archive (the paper-scale recipes are named by pair)
+    return name.endswith("_cifar10") and cfg.data.name == "imagefolder"
+
+
+def suite_recipes(suite: str = "mnist") -> list[str]:
+    """The distillation recipes of a suite, in recipe-name order."""
     from dfkd.config import compose, list_recipes
 
-    names = []
-    for name in list_recipes():
-        cfg = compose(name)
-        if cfg.task == "distill" and cfg.data.name == "mnist_embedded" and not cfg.get("plugins"):
-            names.append(name)
-    return names
+    return [name for name in list_recipes() if _in_suite(suite, name, compose(name))]
+
+
+def embedded_recipes() -> list[str]:
+    """Distillation recipes that run on the embedded data with no plug-ins."""
+    return suite_recipes("mnist")
 
 
 def describe(model: dict) -> str:
@@ -132,6 +150,31 @@ def aggregate(rows: list[dict]) -> list[dict]:
     return out
 
 
+def seconds_to_reach(curve: list[dict], acc: float) -> float | None:
+    """Training seconds at the first scored point whose held-out accuracy is at least `acc` (None: never)."""
+    return next((p["fit_seconds"] for p in curve if p["heldout_acc"] >= acc), None)
+
+
+def against_baseline(rows: list[dict], out: Path, baseline: str = "deepinversion") -> list[str]:
+    """For every other recipe run in this sitting with the same seed as a `baseline` run: when (training
+    seconds, and as a fraction of the baseline's whole training time) its curve first reaches the baseline's
+    final accuracy. FastDFKD's claim is this fraction against DeepInversion."""
+    ok = [r for r in rows if r.get("status") == "ok"]
+    lines = []
+    for base in (r for r in ok if r["synthesizer"] == baseline):
+        target, base_time = float(base["student_acc"]), float(base["fit_time_s"])
+        for r in ok:
+            if r is base or r["seed"] != base["seed"]:
+                continue
+            curve_file = out / "runs" / f"{r['recipe']}_s{r['seed']}" / "curve.csv"
+            t = seconds_to_reach(read_curve(curve_file), target) if curve_file.is_file() else None
+            goal = f"{base['recipe']}'s final {100 * target:.1f} %"
+            lines.append(f"- seed {r['seed']}: {r['recipe']} reaches {goal} after {t:.0f} s of training, "
+                         f"**{t / base_time:.2f}x** {base['recipe']}'s {base_time:.0f} s" if t is not None else
+                         f"- seed {r['seed']}: {r['recipe']} never reaches {goal}")
+    return lines
+
+
 def _pm(ms: tuple[float, float], scale: float = 1.0, fmt: str = "{:.1f}") -> str:
     m, sd = ms
     if math.isnan(m):
@@ -149,8 +192,8 @@ def write_markdown(path: Path, rows: list[dict], args, command: str, started: st
         f"- command: `{command}`",
         f"- started {started}, whole command {elapsed / 60:.1f} min; device: {device}; python {platform.python_version()}",
         f"- budget: {budget}; seeds: {', '.join(map(str, seeds))} (mean ± sample std over seeds)",
-        "- accuracy: top-1 on the 1,000 real MNIST digits held out of the embedded set (100 a class, never used "
-        "for training or model selection); the exported student is the run's final one",
+        f"- accuracy: top-1 on {SUITES[args.suite]}, never used for training or model selection; the exported "
+        "student is the run's final one",
         "",
         "| recipe | method | teacher -> student | teacher acc % | student acc % | student / teacher | "
         "before distillation % | wall time s | synthesis s | images synthesized | student params | compression | "
@@ -167,12 +210,29 @@ def write_markdown(path: Path, rows: list[dict], args, command: str, started: st
             f"{_pm(a['initial_student_acc'], 100)} | {_pm(a['wall_time_s'], 1, '{:.0f}')} | "
             f"{_pm(a['synthesis_time_s'], 1, '{:.0f}')} | {_pm(a['images_synthesized'], 1, '{:,.0f}')} | "
             f"{a['student_params']:,} | {a['compression_ratio']:.1f}x | {a['stopped_by_budget']}/{a['runs']} |")
+    reach = against_baseline(rows, Path(path).parent)
+    if reach:
+        lines += ["", "Time to DeepInversion's final accuracy (first end-of-epoch score at or above it):", "", *reach]
     lines += ["", "![accuracy against training time](accuracy_vs_time.png)", "",
               "## Published results (for reference; not measured by dfkd)", "",
               "Reported by the papers or the FastDFKD/CMI READMEs on other data, teachers "
               "and hardware: orientation only, not comparable with the table above.", "",
               "| method | setting | teacher % | student % | note |", "|---|---|---|---|---|"]
     lines += [f"| {m} | {s} | {t:.2f} | {st:.2f} | {n} |" for m, s, t, st, n in PUBLISHED]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_compact_table(path: Path, rows: list[dict]) -> None:
+    """The README's results table: one line per recipe, mean ± std over seeds."""
+    lines = ["| recipe | teacher -> student (compression) | teacher % | student % | wall s | images synthesized |",
+             "|---|---|---|---|---|---|"]
+    for a in aggregate(rows):
+        if not a["runs"]:
+            lines.append(f"| `{a['recipe']}` | failed ({a['failed']} runs) | | | | |")
+            continue
+        lines.append(f"| `{a['recipe']}` | {a['pair']} ({a['compression_ratio']:.1f}x) | "
+                     f"{_pm(a['teacher_acc'], 100)} | **{_pm(a['student_acc'], 100)}** | "
+                     f"{_pm(a['wall_time_s'], 1, '{:.0f}')} | {_pm(a['images_synthesized'], 1, '{:,.0f}')} |")
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -183,7 +243,7 @@ def write_csv(path: Path, rows: list[dict]) -> None:
         w.writerows(rows)
 
 
-def plot(path: Path, rows: list[dict], out: Path, minutes: float | None) -> None:
+def plot(path: Path, rows: list[dict], out: Path, minutes: float | None, title: str = "") -> None:
     """Held-out accuracy against training minutes, from each run's curve.csv: one colour per method."""
     import matplotlib
 
@@ -206,11 +266,11 @@ def plot(path: Path, rows: list[dict], out: Path, minutes: float | None) -> None
     if minutes:
         ax.axvline(minutes, color="grey", linestyle="--", linewidth=1, label=f"budget {minutes:g} min")
     ax.set_xlabel("training time (minutes)")
-    ax.set_ylabel("student accuracy on held-out real digits (%)")
+    ax.set_ylabel("student accuracy on held-out real images (%)")
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    ax.set_title("dfkd: student accuracy against time")
+    ax.set_title(f"dfkd{' ' + title if title else ''}: student accuracy against time")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -219,12 +279,16 @@ def plot(path: Path, rows: list[dict], out: Path, minutes: float | None) -> None
 def run_bench(args, command: str) -> int:
     from dfkd.config import list_recipes
 
-    recipes = args.recipes or embedded_recipes()
+    recipes = args.recipes or suite_recipes(args.suite)
     unknown = [r for r in recipes if r not in list_recipes()]
     if unknown:
         print(f"error: unknown recipe(s) {unknown}; `python train.py --help` lists them", file=sys.stderr)
         return 2
-    out = Path(args.out)
+    problem = _check_composes(recipes, args.set)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    out = Path(args.out or ("bench" if args.suite == "mnist" else f"bench/{args.suite}"))
     out.mkdir(parents=True, exist_ok=True)
     started, t0 = dt.datetime.now().isoformat(timespec="seconds"), time.perf_counter()
     jobs = [(r, s) for r in recipes for s in args.seeds]
@@ -238,12 +302,30 @@ def run_bench(args, command: str) -> int:
             rows.sort(key=lambda r: (recipes.index(r["recipe"]), r["seed"]))
             _report_row(i, len(jobs), row)
             write_csv(out / "results.csv", rows)
+            write_compact_table(out / "readme_table.md", rows)
             write_markdown(out / "results.md", rows, args, command, started, time.perf_counter() - t0)
-            plot(out / "accuracy_vs_time.png", rows, out, args.minutes)
+            plot(out / "accuracy_vs_time.png", rows, out, args.minutes, args.suite)
     print(f"\nwrote {out / 'results.md'}, {out / 'results.csv'}, {out / 'accuracy_vs_time.png'} "
           f"({(time.perf_counter() - t0) / 60:.1f} min)")
     print((out / "results.md").read_text())
     return 0 if all(r["status"] == "ok" for r in rows) else 1
+
+
+def _check_composes(recipes: list[str], overrides: list[str]) -> str | None:
+    """Why a run would fail before it starts (a bad override, a data set with no path), or None."""
+    from omegaconf import OmegaConf
+
+    from dfkd.config import ConfigError, compose
+
+    for recipe in recipes:
+        try:
+            cfg = compose(recipe, overrides)
+        except ConfigError as e:
+            return f"{recipe}: {e}"
+        if OmegaConf.is_missing(cfg.data, "root"):
+            return (f"{recipe} reads its held-out images from data.root, which is not set: add "
+                    "--set data.root=PATH (an ImageFolder tree, or an archive of one such as CIFAR-10's train.tar.gz)")
+    return None
 
 
 def _report_row(i: int, n: int, row: dict) -> None:
@@ -259,11 +341,14 @@ def _report_row(i: int, n: int, row: dict) -> None:
 def cli(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m dfkd.bench", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    ap.add_argument("recipes", nargs="*", help="recipes to run (default: every embedded distillation recipe)")
+    ap.add_argument("recipes", nargs="*", help="recipes to run (default: every recipe of the suite)")
+    ap.add_argument("--suite", choices=sorted(SUITES), default="mnist",
+                    help="mnist: the embedded-digit recipes (default); cifar10: the `<method>_cifar10` CPU tier "
+                         "(needs --set data.root=...)")
     ap.add_argument("--minutes", type=float, default=None,
                     help="training budget per run, the same for every method (default: run each recipe in full)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds to repeat each recipe with")
-    ap.add_argument("--out", default="bench", help="output folder (default: bench/)")
+    ap.add_argument("--out", default=None, help="output folder (default: bench/, or bench/<suite>/)")
     ap.add_argument("--jobs", type=int, default=1,
                     help="runs at a time (default 1: on a small CPU, concurrent runs slow each other; on a GPU or "
                          "many cores, more)")
@@ -279,7 +364,7 @@ def cli(argv=None) -> int:
     if args.throughput:
         from dfkd.throughput import run_throughput
 
-        return run_throughput(Path(args.out), full=args.full, command=command)
+        return run_throughput(Path(args.out or "bench"), full=args.full, command=command)
     return run_bench(args, command.strip())
 
 

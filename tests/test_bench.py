@@ -9,8 +9,8 @@ import sys
 import pytest
 import torch
 
-from dfkd.bench import aggregate, embedded_recipes, mean_std
-from dfkd.callbacks import read_curve
+from dfkd.bench import against_baseline, aggregate, embedded_recipes, mean_std, seconds_to_reach
+from dfkd.callbacks import append_curve, read_curve
 from dfkd.export import load_student
 
 from tests.helpers import LOOP, ROOT, run, small
@@ -37,6 +37,25 @@ def test_aggregate_keeps_failures_and_averages_seeds():
     assert a["student_acc"][0] == pytest.approx(0.85)
     assert a["student_acc"][1] == pytest.approx(math.sqrt(0.005))
     assert b == {"recipe": "b", "runs": 0, "failed": 1}
+
+
+def test_time_to_deepinversions_final_accuracy_is_read_off_the_curves(tmp_path):
+    curves = {"di_s0": [(100, 0.30), (200, 0.50), (300, 0.60)],      # DeepInversion ends at 60 % after 300 s
+              "fast_s0": [(50, 0.40), (120, 0.61), (240, 0.70)],     # first at or above 60 % after 120 s
+              "slow_s0": [(100, 0.20), (400, 0.55)]}                 # never reaches it
+    for name, points in curves.items():
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        for i, (t, acc) in enumerate(points):
+            append_curve(tmp_path / "runs" / name / "curve.csv", i, t, 0, acc, "epoch")
+    assert seconds_to_reach(read_curve(tmp_path / "runs" / "fast_s0" / "curve.csv"), 0.6) == 120
+    rows = [{"recipe": "di", "synthesizer": "deepinversion", "seed": 0, "status": "ok", "student_acc": 0.6,
+             "fit_time_s": 300.0},
+            {"recipe": "fast", "synthesizer": "fastdfkd", "seed": 0, "status": "ok", "student_acc": 0.7},
+            {"recipe": "slow", "synthesizer": "dafl", "seed": 0, "status": "ok", "student_acc": 0.55},
+            {"recipe": "fast", "synthesizer": "fastdfkd", "seed": 1, "status": "ok", "student_acc": 0.7}]
+    assert against_baseline(rows, tmp_path) == [
+        "- seed 0: fast reaches di's final 60.0 % after 120 s of training, **0.40x** di's 300 s",
+        "- seed 0: slow never reaches di's final 60.0 %"]
 
 
 def test_embedded_recipes_are_the_cpu_distillation_recipes():
@@ -91,6 +110,8 @@ def test_bench_command_writes_table_csv_and_plot(tmp_path):
     md = (bench / "results.md").read_text()
     assert "| dafl_lenet | dafl | lenet5 -> lenet5_half |" in md and "| dfad_lenet | dfad |" in md
     assert "Published results (for reference; not measured by dfkd)" in md
+    table = (bench / "readme_table.md").read_text().splitlines()
+    assert len(table) == 4 and table[2].startswith("| `dafl_lenet` | lenet5 -> lenet5_half (3.9x) |")
     assert "seeds: 3" in md and "budget: 5 minutes" in md
     png = (bench / "accuracy_vs_time.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
