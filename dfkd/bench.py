@@ -313,18 +313,15 @@ def run_bench(args, command: str) -> int:
 
 def _check_composes(recipes: list[str], overrides: list[str]) -> str | None:
     """Why a run would fail before it starts (a bad override, a data set with no path), or None."""
-    from omegaconf import OmegaConf
-
-    from dfkd.config import ConfigError, compose
+    from dfkd.config import ConfigError, compose, unset_values_message
 
     for recipe in recipes:
         try:
-            cfg = compose(recipe, overrides)
+            problem = unset_values_message(compose(recipe, overrides), how="--set ")
         except ConfigError as e:
-            return f"{recipe}: {e}"
-        if OmegaConf.is_missing(cfg.data, "root"):
-            return (f"{recipe} reads its held-out images from data.root, which is not set: add "
-                    "--set data.root=PATH (an ImageFolder tree, or an archive of one such as CIFAR-10's train.tar.gz)")
+            problem = f"{recipe}: {e}"
+        if problem:
+            return problem
     return None
 
 

@@ -204,6 +204,20 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError("synthesizer.batch_size must be >= 1")
 
 
+def unset_values_message(cfg: DictConfig, how: str = "") -> str | None:
+    """What a run needs that the recipe leaves to the user (its `???` values, all of them paths to data, such as
+    data.root), as the fix to type (`how` goes before each `key=PATH`, e.g. "--set "), or None when nothing is
+    missing. A composed recipe may leave them unset; a run may not."""
+    unset = object()  # select() gives the default for a key that exists but holds `???`
+    keys = [k for k in _flat_keys(cfg) if OmegaConf.select(cfg, k, default=unset) is unset]
+    if not keys:
+        return None
+    fixes = " ".join(f"{how}{k}=PATH" for k in keys)
+    return (f"recipe '{cfg.recipe}' needs {', '.join(keys)}, which it leaves to you: add {fixes} (data.root: the "
+            f"data set's folder, or an ImageFolder tree or .tar/.tar.gz archive of one such as CIFAR-10's "
+            f"train.tar.gz)")
+
+
 def to_plain(cfg: DictConfig) -> dict:
     """The resolved recipe as plain containers (safe in weights_only checkpoints and JSON)."""
     return OmegaConf.to_container(cfg, resolve=True)

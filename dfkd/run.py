@@ -21,7 +21,7 @@ from dfkd.augment import build_augment
 from dfkd.build import (build_student, build_synthesizer, build_teacher, check_teacher_accuracy, evaluate, image_shape,
                         teacher_normalization)
 from dfkd.callbacks import CurveLogger, ImageGridLogger, KillAt, RunProgressBar, append_curve, save_image_grid
-from dfkd.config import to_plain
+from dfkd.config import ConfigError, to_plain, unset_values_message
 from dfkd.data import StepDataset, build_splits
 from dfkd.distill import DistillModule, at_chance
 from dfkd.models import count_params
@@ -39,6 +39,9 @@ def main(cfg: DictConfig) -> dict | None:
     tasks = {"distill": run_distill, "teacher": train_teacher}
     if cfg.task not in tasks:
         raise RunError(f"unknown task {cfg.task!r}; a recipe's task is one of {', '.join(tasks)}")
+    unset = unset_values_message(cfg)
+    if unset:
+        raise ConfigError(unset)
     return tasks[cfg.task](cfg)
 
 

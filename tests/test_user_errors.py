@@ -37,6 +37,16 @@ def test_a_wrong_value_is_one_message_and_debug_shows_the_traceback(tmp_path):
     assert not (tmp_path / "deepinversion_resnet").exists()
 
 
+def test_a_run_without_its_data_path_names_the_key_to_set(tmp_path, capsys):
+    """A recipe may leave data.root to the user (`???`); the run stops with the override to type, not a traceback."""
+    from dfkd.cli import main as cli_main
+
+    assert cli_main(["recipe=fastdfkd_cifar10", f"paths.runs={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert "error: recipe 'fastdfkd_cifar10' needs data.root" in err and "add data.root=PATH" in err
+    assert not any(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("override, says", [("synthesizer.lr=fast", "expected a number"),
                                             ("bank.enabled=maybe", "expected true or false"),
                                             ("augment=3", "expected a list"), ("resume=yes", "resume=best")])
