@@ -72,22 +72,24 @@ def read_checkpoint(path: str | Path, what: str = "checkpoint") -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001  (torch raises many types for corrupt files)
-        raise CheckpointError(f"{what} {path} cannot be read: {describe_load_error(path, e)}") from None
+        # the message never invites `weights_only=False` (loading arbitrary pickled code)
+        if holds_pickled_objects(path, e):
+            raise CheckpointError(f"{what} {path} cannot be read: it holds Python objects other than tensors and "
+                                  "plain containers, which dfkd does not load (a pickled whole model, say). Save the "
+                                  "model's state_dict() and point at that instead", pickled_objects=True) from None
+        raise CheckpointError(f"{what} {path} cannot be read: it is not a complete PyTorch file: it may be truncated "
+                              "or corrupt; re-create or re-download it") from None
 
 
-def describe_load_error(path: Path, e: Exception) -> str:
-    """Why torch.load failed, in words that never invite `weights_only=False` (loading arbitrary pickled code).
-    A whole file (a zip archive, or a legacy pickle stream) that the safe loader refuses holds Python objects;
-    anything else is truncated, corrupt or not a PyTorch file."""
+def holds_pickled_objects(path: Path, e: Exception) -> bool:
+    """Whether torch.load's safe loader refused a whole file (a zip archive, or a legacy pickle stream) for the
+    Python objects in it; anything else is truncated, corrupt or not a PyTorch file."""
     import zipfile
 
     with path.open("rb") as f:
         head = f.read(2)
     whole = zipfile.is_zipfile(path) or head[:1] == b"\x80"
-    if whole and ("weights_only" in str(e) or "Unpickler" in str(e)):
-        return ("it holds Python objects other than tensors and plain containers, which dfkd does not load "
-                "(a pickled whole model, say). Save the model's state_dict() and point at that instead")
-    return "it is not a complete PyTorch file: it may be truncated or corrupt; re-create or re-download it"
+    return whole and ("weights_only" in str(e) or "Unpickler" in str(e))
 
 
 def load_classifier(path: str | Path) -> Classifier:
@@ -122,11 +124,11 @@ def load_weights(model: nn.Module, path: str | Path, trust_pickle: bool = False,
     try:
         ck = read_checkpoint(path, "teacher checkpoint")
     except CheckpointError as e:
-        if not trust_pickle or "other than tensors" not in str(e):
-            if "other than tensors" in str(e):
-                raise CheckpointError(f"{e}; or, if you trust the file, pass teacher.trust_pickle=true (loading it "
-                                      f"runs code stored in it)") from None
+        if not e.pickled_objects:
             raise
+        if not trust_pickle:
+            raise CheckpointError(f"{e}; or, if you trust the file, pass teacher.trust_pickle=true (loading it "
+                                  f"runs code stored in it)", pickled_objects=True) from None
         import warnings
 
         warnings.warn(f"teacher.trust_pickle=true: unpickling {path}, which can run arbitrary code stored in it",

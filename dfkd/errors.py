@@ -9,4 +9,9 @@ class DfkdError(Exception):
 
 
 class CheckpointError(DfkdError, ValueError):
-    """A checkpoint or model file that cannot be read, or that does not fit what it is loaded into."""
+    """A checkpoint or model file that cannot be read, or that does not fit what it is loaded into.
+    `pickled_objects`: the file is whole but holds Python objects that the safe loader refuses."""
+
+    def __init__(self, message: str, pickled_objects: bool = False):
+        super().__init__(message)
+        self.pickled_objects = pickled_objects

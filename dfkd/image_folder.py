@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from dfkd.errors import DfkdError
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".gif")
 
 
@@ -43,8 +45,6 @@ def load_image_folder(source: str | Path, image_size: int, channels: int,
     """(uint8 images N x H x W x C, int labels N, class names) of a tree or archive; decoded once, then cached."""
     source = Path(source).expanduser()
     if not source.exists():
-        from dfkd.errors import DfkdError
-
         raise DfkdError(f"data.root={source} does not exist: point it at an ImageFolder tree (<class>/<image>) or a "
                         f".tar / .tar.gz archive of one")
     cache = Path(cache_dir or Path.home() / ".cache" / "dfkd").expanduser() / f"{source.name}-{_key(source, image_size, channels)}.npz"
@@ -65,8 +65,6 @@ def split_last_per_class(labels: np.ndarray, per_class: int) -> tuple[np.ndarray
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)
         if len(idx) <= per_class:
-            from dfkd.errors import DfkdError
-
             raise DfkdError(f"class {c} has {len(idx)} images; cannot hold out {per_class} (data.val_per_class)")
         held.extend(idx[-per_class:].tolist())
     mask = np.zeros(len(labels), dtype=bool)
@@ -100,8 +98,6 @@ def _entries(source: Path) -> list[tuple[tuple[str, ...], bytes]]:
 
 def _decode(entries, image_size: int, channels: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
     from PIL import Image
-
-    from dfkd.errors import DfkdError
 
     if not entries:
         raise DfkdError("no images found (looked for " + ", ".join(IMAGE_SUFFIXES) + " files)")
