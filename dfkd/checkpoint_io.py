@@ -52,16 +52,21 @@ def save_model_file(path: str | Path, classifier: Classifier, meta: dict) -> Pat
     return path
 
 
-def atomic_save(obj, path: Path) -> None:
-    """torch.save to a temporary file, then rename: a crash or a full disk never leaves half a file in place of a
+def atomic_write(path: Path, write) -> None:
+    """`write(tmp)` to a temporary file, then rename: a crash or a full disk never leaves half a file in place of a
     whole one (the temporary file is removed when the write fails)."""
     tmp = path.with_name(path.name + ".tmp")
     try:
-        torch.save(obj, tmp)
+        write(tmp)
         tmp.replace(path)
     except OSError:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def atomic_save(obj, path: Path) -> None:
+    """torch.save, atomically (`atomic_write`)."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def read_checkpoint(path: str | Path, what: str = "checkpoint") -> dict:

@@ -13,6 +13,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
+from dfkd.checkpoint_io import atomic_write
 from dfkd.config import to_plain
 from dfkd.errors import DfkdError
 
@@ -129,10 +130,8 @@ def _flat(d, prefix="") -> dict:
 
 
 def write_text(path: Path, text: str) -> None:
-    """Write atomically (a temporary file, then rename): a crash never leaves half a file in place of a whole one."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    """Write atomically (`checkpoint_io.atomic_write`): a crash never leaves half a file in place of a whole one."""
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def write_json(path: Path, obj: dict) -> None:
