@@ -1,20 +1,30 @@
-"""Attention transfer as a loss module that owns its feature taps (Zagoruyko & Komodakis, ICLR 2017; ZSKT eq. 3):
+"""Feature-level transfer between paired student and teacher modules, as a loss module that owns its feature taps.
 
+`kind: at`, attention transfer (Zagoruyko & Komodakis, ICLR 2017; ZSKT eq. 3):
     beta * sum over block pairs (a, b) of  mean (attention_map(S_a) - attention_map(T_b))^2
+`kind: features`, hint regression on the feature maps themselves (FitNets, Romero et al., ICLR 2015, eq. 3, with
+identity regressors): beta * sum over pairs of mean (S_a - T_b)^2. It needs pairs of equal shape, as a student that
+is its teacher compressed layer by layer (KegNet's Tucker students) has: every output of a compressed layer is then
+a target, not only the ten logits at the end.
 
-`distill.attention: {beta, student: [paths], teacher: [paths]}` pairs student and teacher modules by dotted path
-(e.g. WRN stages `block1..3`); beta 0 turns it off. The taps hold each module's output from the latest forward."""
+`distill.attention: {beta, kind, student: [paths], teacher: [paths]}` pairs student and teacher modules by dotted
+path (e.g. WRN stages `block1..3`); beta 0 turns it off. The taps hold each module's output from the latest forward."""
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 
 from dfkd.hooks import FeatureTaps
-from dfkd.losses import attention_transfer
+from dfkd.losses import attention_transfer, feature_regression
+
+PAIR_LOSSES = {"at": attention_transfer, "features": feature_regression}
 
 
 class AttentionTransferLoss:
-    def __init__(self, beta: float, student_paths: list[str], teacher_paths: list[str]):
+    def __init__(self, beta: float, student_paths: list[str], teacher_paths: list[str], kind: str = "at"):
+        if kind not in PAIR_LOSSES:
+            raise ValueError(f"distill.attention.kind must be one of {sorted(PAIR_LOSSES)}, got {kind!r}")
+        self.pair_loss = PAIR_LOSSES[kind]
         if len(student_paths) != len(teacher_paths) or not student_paths:
             raise ValueError(f"distill.attention pairs student and teacher modules one to one; got "
                              f"{list(student_paths)} and {list(teacher_paths)}")
@@ -32,7 +42,7 @@ class AttentionTransferLoss:
         total = 0.0
         for a, b in self.pairs:
             t = self._teacher_taps[b]
-            total = total + attention_transfer(self._student_taps[a][:n_fresh], t if keep is None else t[keep])
+            total = total + self.pair_loss(self._student_taps[a][:n_fresh], t if keep is None else t[keep])
         return self.beta * total
 
     def close(self) -> None:
@@ -45,4 +55,4 @@ class AttentionTransferLoss:
 def build_attention(cfg: dict) -> AttentionTransferLoss | None:
     if not cfg or cfg["beta"] <= 0:
         return None
-    return AttentionTransferLoss(cfg["beta"], cfg["student"], cfg["teacher"])
+    return AttentionTransferLoss(cfg["beta"], cfg["student"], cfg["teacher"], cfg.get("kind", "at"))

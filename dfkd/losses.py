@@ -40,6 +40,16 @@ def attention_map(features: torch.Tensor) -> torch.Tensor:
     return F.normalize(features.pow(2).mean(1).flatten(1), dim=1)
 
 
+def feature_regression(student_features: torch.Tensor, teacher_features: torch.Tensor) -> torch.Tensor:
+    """FitNets' hint loss (Romero et al., ICLR 2015, eq. 3) with identity regressor: mean squared difference of two
+    feature maps of the same shape."""
+    if student_features.shape != teacher_features.shape:
+        raise ValueError(f"distill.attention.kind=features pairs feature maps of equal shape, got student "
+                         f"{tuple(student_features.shape[1:])} and teacher {tuple(teacher_features.shape[1:])}: pair "
+                         f"modules whose outputs match, or use kind=at (attention maps only need equal spatial size)")
+    return (student_features - teacher_features).pow(2).mean()
+
+
 def attention_transfer(student_features: torch.Tensor, teacher_features: torch.Tensor) -> torch.Tensor:
     """ZSKT eq. 3 for one block pair: mean squared difference of the attention maps."""
     return (attention_map(student_features) - attention_map(teacher_features)).pow(2).mean()

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dfkd.losses import attention_map, attention_transfer, kd_kl, kd_kl_elementwise
+from dfkd.losses import attention_map, attention_transfer, feature_regression, kd_kl, kd_kl_elementwise
 from dfkd.synthesizers import SYNTHESIZERS
 from dfkd.synthesizers.dafl import activation_loss, information_entropy_loss, one_hot_loss
 from dfkd.synthesizers.fastdfkd import decision_adversarial_loss
@@ -55,6 +55,18 @@ def test_cosine_steps_decays_the_generator_lr_to_zero(name):
         seen.append(syn.opt.param_groups[0]["lr"])
     expected = [lr0 * (1 + math.cos(math.pi * k / 4)) / 2 for k in range(1, 5)]
     assert seen == pytest.approx(expected, abs=1e-12) and seen[-1] == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("head, bounded", [("tanh_bn", False), ("sigmoid", True)])
+def test_dafl_head_decides_whether_images_stay_in_the_unit_range(head, bounded):
+    syn, *_ = build("dafl", head=head)
+    x = syn.synthesize().images
+    assert syn.bounded_images is bounded
+    assert x.shape == (8, 1, 12, 12)
+    if bounded:
+        assert 0 <= x.min() and x.max() <= 1
+    else:  # normalized-space BN output mapped to [0,1] space: per-channel batch mean and std are the data set's
+        assert x.mean().item() == pytest.approx(0.5, abs=1e-3) and x.std().item() == pytest.approx(0.25, rel=0.05)
 
 
 def test_zskt_balance_adds_the_information_entropy_of_the_teacher_to_the_generator_loss():
@@ -127,6 +139,29 @@ def test_attention_transfer_matches_hand_computation():
     hand = ((1 - a_t[0]) ** 2 + (0 - a_t[1]) ** 2) / 2
     assert torch.allclose(attention_map(fs), torch.tensor([[1.0, 0.0]]))
     assert math.isclose(attention_transfer(fs, ft).item(), hand, rel_tol=1e-5)
+
+
+def test_feature_regression_matches_hand_computation_and_refuses_unequal_shapes():
+    fs = torch.tensor([[[[1.0, 2.0]], [[0.0, -1.0]]]])   # 1 x 2 x 1 x 2
+    ft = torch.tensor([[[[3.0, 2.0]], [[1.0, 1.0]]]])
+    hand = ((1 - 3) ** 2 + 0 + (0 - 1) ** 2 + (-1 - 1) ** 2) / 4
+    assert math.isclose(feature_regression(fs, ft).item(), hand, rel_tol=1e-6)
+    with pytest.raises(ValueError, match="kind=at"):
+        feature_regression(fs, ft[:, :1])
+
+
+def test_attention_kind_features_pairs_whole_feature_maps():
+    from dfkd.attention import AttentionTransferLoss
+
+    teacher, student = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1)), torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1))
+    loss = AttentionTransferLoss(0.5, ["0"], ["0"], kind="features")
+    loss.attach(student, teacher)
+    x = torch.randn(3, 1, 4, 4)
+    expected = 0.5 * (student(x) - teacher(x)).pow(2).mean()
+    assert torch.allclose(loss(3), expected)
+    loss.close()
+    with pytest.raises(ValueError, match="kind must be one of"):
+        AttentionTransferLoss(1.0, ["0"], ["0"], kind="mse")
 
 
 def test_decision_adversarial_only_counts_agreeing_samples():

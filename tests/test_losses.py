@@ -118,7 +118,7 @@ def test_bn_hooks_refuse_a_model_without_batchnorm():
 # -- analytic gradients of every differentiable term agree with finite differences (float64) -------------
 
 def _gradcheck_cases():
-    from dfkd.losses import attention_transfer, information_entropy_loss, kd_kl_elementwise
+    from dfkd.losses import attention_transfer, feature_regression, information_entropy_loss, kd_kl_elementwise
     from dfkd.synthesizers.dafl import activation_loss
     from dfkd.synthesizers.fastdfkd import decision_adversarial_loss
     from dfkd.synthesizers.kegnet import diversity_loss
@@ -133,6 +133,7 @@ def _gradcheck_cases():
         "js_divergence": (lambda s: js_divergence(s, t, 3.0, clamp=None), r(3, 4)),
         "information_entropy": (information_entropy_loss, r(3, 4)),
         "attention_transfer": (lambda f: attention_transfer(f, feats), r(2, 2, 4, 4)),
+        "feature_regression": (lambda f: feature_regression(f, feats), r(2, 3, 4, 4)),
         "bn_stat_loss": (lambda m: bn_stat_loss(m, m.abs() + 1, running_mean, running_var), r(3)),
         "tv_l2": (tv_l2, r(2, 1, 4, 4)),
         "tv_l1": (tv_l1, r(2, 1, 4, 4)),

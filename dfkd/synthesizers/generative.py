@@ -19,6 +19,7 @@ class GeneratorSynthesizer(Synthesizer):
         c, h, w = self.image_shape
         self.nz, self.grad_clip, self.fresh_samples = int(nz), grad_clip, bool(fresh_samples)
         self.generator = UpsampleGenerator(nz, ngf, h, c, head, bn_eps)
+        self.bounded_images = head == "sigmoid"
         self.opt = torch.optim.Adam(self.generator.parameters(), lr=lr, betas=tuple(betas))
         self.sched = (torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=int(cosine_steps))
                       if cosine_steps else None)
