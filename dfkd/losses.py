@@ -96,3 +96,13 @@ def tv_l1(x: torch.Tensor) -> torch.Tensor:
 def image_l2(x: torch.Tensor) -> torch.Tensor:
     """DeepInversion R_l2: per-image L2 norm, averaged over the batch."""
     return torch.linalg.vector_norm(x.flatten(1), dim=1).mean()
+
+
+def instance_contrastive_loss(anchors: torch.Tensor, keys: torch.Tensor, tau: float = 0.1) -> torch.Tensor:
+    """InfoNCE (Oord et al. 2018) as CMI's instance discrimination (Fang et al., IJCAI 2021): anchor i's positive
+    is key i (another view of the same synthetic image); every other key, of the batch or of a memory of earlier
+    images appended after the batch's rows, is a negative. Rows are L2-normalized here; `keys` may have more rows than `anchors`:
+        mean_i -log( exp(a_i . k_i / tau) / sum_j exp(a_i . k_j / tau) )."""
+    a, k = F.normalize(anchors, dim=1), F.normalize(keys, dim=1)
+    logits = a @ k.t() / tau
+    return F.cross_entropy(logits, torch.arange(a.shape[0], device=a.device))

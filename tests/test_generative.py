@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dfkd.losses import attention_map, attention_transfer, feature_regression, kd_kl, kd_kl_elementwise
+from dfkd.losses import attention_map, attention_transfer, feature_regression, kd_kl, kd_kl_elementwise, tv_l1
 from dfkd.synthesizers import SYNTHESIZERS
 from dfkd.synthesizers.dafl import activation_loss, information_entropy_loss, one_hot_loss
 from dfkd.synthesizers.fastdfkd import decision_adversarial_loss
@@ -214,3 +214,15 @@ def test_zskt_bn_prior_adds_the_teachers_bn_statistics_loss_to_the_generator_los
              for m, x in bn_inputs[:len(bns)])
     assert len(bns) > 0 and batch.losses["bn"] == pytest.approx(bn.item(), rel=1e-4)
     assert losses[0].item() == pytest.approx((-kd_kl_elementwise(s, t) + 0.5 * bn).item(), rel=1e-4)
+
+
+def test_kegnet_options_beyond_the_paper_add_their_terms():
+    syn, teacher, student = build("kegnet", head="sigmoid", tv=0.5, adv=0.25)
+    student.eval()
+    y, z, x = syn._generate(0, 8)
+    assert syn.bounded_images and 0 <= x.min() and x.max() <= 1
+    terms = syn.loss_terms(0, y, z, x)
+    assert terms["tv"].item() == pytest.approx(tv_l1(x).item())
+    assert terms["adv"].item() == pytest.approx(-kd_kl(student(x), teacher(x)).item(), rel=1e-5)
+    plain, *_ = build("kegnet")
+    assert set(plain.loss_terms(0, *plain._generate(0, 8))) == {"cls", "dec", "div"}

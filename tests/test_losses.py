@@ -118,7 +118,8 @@ def test_bn_hooks_refuse_a_model_without_batchnorm():
 # -- analytic gradients of every differentiable term agree with finite differences (float64) -------------
 
 def _gradcheck_cases():
-    from dfkd.losses import attention_transfer, feature_regression, information_entropy_loss, kd_kl_elementwise
+    from dfkd.losses import (attention_transfer, feature_regression, information_entropy_loss,
+                             instance_contrastive_loss, kd_kl_elementwise)
     from dfkd.synthesizers.dafl import activation_loss
     from dfkd.synthesizers.fastdfkd import decision_adversarial_loss
     from dfkd.synthesizers.kegnet import diversity_loss
@@ -126,6 +127,7 @@ def _gradcheck_cases():
     g = torch.Generator().manual_seed(0)
     r = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64)  # noqa: E731
     t, feats, running_mean, running_var, z = r(3, 4), r(2, 3, 4, 4), r(3), r(3).abs() + 1, r(3, 2)
+    keys = torch.randn(4, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     return {
         "kd_kl": (lambda s: kd_kl(s, t, 3.0), r(3, 4)),
         "kd_kl_elementwise": (lambda s: kd_kl_elementwise(s, t), r(3, 4)),
@@ -141,6 +143,7 @@ def _gradcheck_cases():
         "activation": (activation_loss, r(3, 5)),
         "decision_adversarial": (lambda s: decision_adversarial_loss(s, t), r(3, 4)),
         "diversity": (lambda x: diversity_loss(z, x), r(3, 6)),
+        "instance_contrastive": (lambda a: instance_contrastive_loss(a, keys, 0.5), r(2, 3)),
     }
 
 

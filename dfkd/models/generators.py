@@ -51,11 +51,15 @@ class UpsampleGenerator(nn.Module):
 
 class KegNetGenerator(nn.Module):
     """concat(z, one-hot y) -> MLP -> 4 transposed convs to 32x32 -> Tanh -> per-image, per-channel
-    standardization (KegNet `normalize_images`); resized to `image_size` if that is not 32."""
+    standardization (KegNet `normalize_images`); resized to `image_size` if that is not 32.
+    `head="sigmoid"` (not in KegNet) ends in a Sigmoid instead: [0,1] images, no standardization."""
 
-    def __init__(self, num_classes: int, nz: int = 10, channels: int = 1, image_size: int = 32, width: int = 1):
+    def __init__(self, num_classes: int, nz: int = 10, channels: int = 1, image_size: int = 32, width: int = 1,
+                 head: str = "standardize"):
         super().__init__()
-        self.num_classes, self.nz, self.image_size = num_classes, nz, image_size
+        if head not in ("standardize", "sigmoid"):
+            raise ValueError(f"KegNet generator head must be standardize or sigmoid, got {head!r}")
+        self.num_classes, self.nz, self.image_size, self.head = num_classes, nz, image_size, head
         w = lambda c: c * width  # noqa: E731
         self.mlp = nn.Sequential(nn.Linear(nz + num_classes, w(256)), nn.BatchNorm1d(w(256)), nn.ReLU(),
                                  nn.Linear(w(256), w(128)), nn.BatchNorm1d(w(128)), nn.ReLU())
@@ -63,13 +67,16 @@ class KegNetGenerator(nn.Module):
             nn.ConvTranspose2d(w(128), w(64), 4, 2, 0), nn.BatchNorm2d(w(64)), nn.ReLU(),   # 4x4
             nn.ConvTranspose2d(w(64), w(16), 4, 2, 1), nn.BatchNorm2d(w(16)), nn.ReLU(),    # 8x8
             nn.ConvTranspose2d(w(16), w(4), 4, 2, 1), nn.BatchNorm2d(w(4)), nn.ReLU(),      # 16x16
-            nn.ConvTranspose2d(w(4), channels, 4, 2, 1), nn.Tanh())                          # 32x32
+            nn.ConvTranspose2d(w(4), channels, 4, 2, 1))                                     # 32x32
 
     def forward(self, y_onehot, z):
         h = self.mlp(torch.cat([z, y_onehot], dim=1))
         x = self.convs(h.view(h.shape[0], -1, 1, 1))
+        x = torch.sigmoid(x) if self.head == "sigmoid" else torch.tanh(x)
         if self.image_size != 32:
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        if self.head == "sigmoid":
+            return x
         mean = x.mean(dim=(2, 3), keepdim=True)
         std = x.std(dim=(2, 3), keepdim=True).clamp_min(1e-5)
         return (x - mean) / std

@@ -191,5 +191,13 @@ class Synthesizer(nn.Module):
         and the teacher sees exactly what the generator made)."""
         return x_normalized * self.data_std + self.data_mean
 
+    def average_gradients(self, params) -> None:
+        """Average the .grad of `params` over DDP ranks: for parameters a method steps from gradients it computed
+        itself (torch.autograd.grad), which DDP's backward hooks never see."""
+        if self.ctx.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            for p in params:
+                torch.distributed.all_reduce(p.grad)
+                p.grad /= self.ctx.world_size
+
     def randn(self, *shape) -> torch.Tensor:
         return torch.randn(*shape, generator=self.rng, device=self.rng.device).to(self.ctx.device)

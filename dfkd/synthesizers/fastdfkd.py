@@ -108,12 +108,6 @@ class FastDFKD(Synthesizer):
             terms["disagreement"] = (s_logits.argmax(1) != t_logits.argmax(1)).float().mean()
         return x, terms
 
-    def _sync_meta_grads(self) -> None:
-        if self.ctx.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-            for p in self.generator.parameters():
-                torch.distributed.all_reduce(p.grad)
-                p.grad /= self.ctx.world_size
-
     def synthesize(self) -> SynthBatch:
         self.calls += 1
         if self.reset_l0_at and self.calls == self.reset_l0_at:
@@ -146,7 +140,7 @@ class FastDFKD(Synthesizer):
         if self.meta == "reptile":
             for mp, fp in zip(meta_params, fast_params):
                 mp.grad = self.reptile_alpha * (mp.detach() - fp.detach())
-        self._sync_meta_grads()
+        self.average_gradients(self.generator.parameters())
         self.ctx.step(self.meta_opt)
         self.meta_opt.zero_grad(set_to_none=True)
         self.bn_hooks.update_ema()

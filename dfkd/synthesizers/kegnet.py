@@ -13,12 +13,19 @@ the generators first and samples a fixed set afterwards; here that is `distill.s
 (generator-only iterations) followed by joint training. KegNet's student is the teacher compressed by Tucker
 decomposition: `student=tucker` (dfkd.models.tucker). Defaults: the paper's MNIST settings
 (5 generators, noise 10-d, decoder 1 hidden layer, Adam 1e-3, alpha 1, beta 0).
+
+Options beyond the paper, off by default: `head: sigmoid` ends the generators in a Sigmoid ([0,1] images) instead
+of Tanh and per-image standardization; `tv` adds an image prior, tv * R_TV,L1(x) (DeepInversion's total variation,
+mean absolute difference of neighbouring pixels); `adv` adds an adversarial term, -adv * KL(T(x) || S(x)) at
+tau 1 (the student scoring in eval mode), so that the generators also seek the images on which the student
+still differs from the teacher (as ZSKT/DFAD do).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from dfkd.losses import kd_kl, tv_l1
 from dfkd.models.generators import KegNetDecoder, KegNetGenerator
 from dfkd.synthesizers.base import SYNTHESIZERS, SynthBatch, Synthesizer
 
@@ -35,13 +42,16 @@ def diversity_loss(z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 @SYNTHESIZERS.register("kegnet")
 class KegNet(Synthesizer):
     bounded_images = False  # the generator standardizes each image (paper: Tanh -> per-image normalization)
-    test_settings = {"batch_size": 8, "generators": 2, "nz": 4, "beta": 1.0}
+    test_settings = {"batch_size": 8, "generators": 2, "nz": 4, "beta": 1.0, "tv": 0.1, "adv": 0.1}
     def __init__(self, batch_size: int = 256, generators: int = 5, nz: int = 10, width: int = 1, dec_layers: int = 1,
-                 lr: float = 1e-3, alpha: float = 1.0, beta: float = 0.0, **data):
+                 lr: float = 1e-3, alpha: float = 1.0, beta: float = 0.0, head: str = "standardize", tv: float = 0.0,
+                 adv: float = 0.0, **data):
         super().__init__(batch_size, **data)
         c, h, w = self.image_shape
-        self.nz, self.w = int(nz), {"cls": 1.0, "dec": alpha, "div": beta}
-        self.generators = torch.nn.ModuleList(KegNetGenerator(self.num_classes, nz, c, h, width) for _ in range(generators))
+        self.nz, self.w = int(nz), {"cls": 1.0, "dec": alpha, "div": beta, "tv": tv, "adv": adv}
+        self.bounded_images = head == "sigmoid"
+        self.generators = torch.nn.ModuleList(KegNetGenerator(self.num_classes, nz, c, h, width, head)
+                                              for _ in range(generators))
         self.decoders = torch.nn.ModuleList(KegNetDecoder(c * h * w, nz, 120, dec_layers) for _ in range(generators))
         self.opts = [torch.optim.Adam(list(g.parameters()) + list(d.parameters()), lr=lr)
                      for g, d in zip(self.generators, self.decoders)]
@@ -55,10 +65,23 @@ class KegNet(Synthesizer):
         self.generators[k].train(n > 1)  # batch statistics, except for a single sample
         return y, z, self.generators[k](F.one_hot(y, self.num_classes).float(), z)
 
+    def unit(self, x: torch.Tensor) -> torch.Tensor:
+        """A generator's output in [0,1] image space."""
+        return x if self.bounded_images else self.to_unit(x)
+
     def loss_terms(self, k: int, y, z, x) -> dict[str, torch.Tensor]:
-        t_logits = self.teacher(self.to_unit(x))
-        return {"cls": F.cross_entropy(t_logits, y), "dec": F.mse_loss(self.decoders[k](x), z),
-                "div": diversity_loss(z, x)}
+        """Every term of generator k's loss for its images x (generator output space), unweighted; the terms
+        beyond the paper only when their weight is on."""
+        x01 = self.unit(x)
+        t_logits = self.teacher(x01)
+        terms = {"cls": F.cross_entropy(t_logits, y), "dec": F.mse_loss(self.decoders[k](x), z),
+                 "div": diversity_loss(z, x)}
+        if self.w["tv"]:
+            terms["tv"] = tv_l1(x01)
+        if self.w["adv"]:
+            with self.scoring_student() as student:
+                terms["adv"] = -kd_kl(student(x01), t_logits)
+        return terms
 
     def synthesize(self) -> SynthBatch:
         images, targets, logged = [], [], {}
@@ -71,7 +94,7 @@ class KegNet(Synthesizer):
             self.ctx.step(opt)
             for n, v in terms.items():
                 logged[n] = logged.get(n, 0.0) + float(v.detach()) / len(self.opts)
-            images.append(self.to_unit(x.detach()))
+            images.append(self.unit(x.detach()))
             targets.append(y)
         return SynthBatch(images=torch.cat(images), targets=torch.cat(targets), losses=logged)
 
@@ -80,4 +103,4 @@ class KegNet(Synthesizer):
         k = len(self.generators)
         sizes = [n // k + (1 if i < n % k else 0) for i in range(k)]
         with torch.no_grad():
-            return torch.cat([self.to_unit(self._generate(i, m)[2]) for i, m in enumerate(sizes) if m > 0])
+            return torch.cat([self.unit(self._generate(i, m)[2]) for i, m in enumerate(sizes) if m > 0])
