@@ -68,7 +68,8 @@ def test_a_plugin_recipe_runs_from_the_command_line(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe", ["deepinversion_resnet", "dafl_lenet", "fastdfkd_resnet"])
+@pytest.mark.parametrize("recipe", ["deepinversion_resnet", "dafl_lenet", "fastdfkd_resnet",
+                                    "cmi_resnet", "nayer_resnet"])  # the last three set gradients by hand
 def test_two_process_ddp_ranks_differ_in_noise_and_agree_on_weights(tmp_path, recipe):
     train(tmp_path, recipe, "run=ddp", *LOOP, *small(recipe), "trainer.devices=2", "trainer.strategy=auto")
     ck = load_ckpt(tmp_path / "ddp" / "last.ckpt")

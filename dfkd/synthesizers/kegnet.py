@@ -15,8 +15,9 @@ decomposition: `student=tucker` (dfkd.models.tucker). Defaults: the paper's MNIS
 (5 generators, noise 10-d, decoder 1 hidden layer, Adam 1e-3, alpha 1, beta 0).
 
 Options beyond the paper, off by default: `head: sigmoid` ends the generators in a Sigmoid ([0,1] images) instead
-of Tanh and per-image standardization; `tv` adds an image prior, tv * R_TV,L1(x) (DeepInversion's total variation,
-mean absolute difference of neighbouring pixels); `adv` adds an adversarial term, -adv * KL(T(x) || S(x)) at
+of Tanh and per-image standardization; `tv` and `l2` add DeepInversion's image priors (Yin et al. 2020, eq. 3),
+tv * R_TV,L1(x) (mean absolute difference of neighbouring pixels) and l2 * ||x||_2 (per-image norm in [0,1]
+space, which favours dark backgrounds); `adv` adds an adversarial term, -adv * KL(T(x) || S(x)) at
 tau 1 (the student scoring in eval mode), so that the generators also seek the images on which the student
 still differs from the teacher (as ZSKT/DFAD do).
 """
@@ -25,7 +26,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from dfkd.losses import kd_kl, tv_l1
+from dfkd.losses import image_l2, kd_kl, tv_l1
 from dfkd.models.generators import KegNetDecoder, KegNetGenerator
 from dfkd.synthesizers.base import SYNTHESIZERS, SynthBatch, Synthesizer
 
@@ -42,13 +43,13 @@ def diversity_loss(z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 @SYNTHESIZERS.register("kegnet")
 class KegNet(Synthesizer):
     bounded_images = False  # the generator standardizes each image (paper: Tanh -> per-image normalization)
-    test_settings = {"batch_size": 8, "generators": 2, "nz": 4, "beta": 1.0, "tv": 0.1, "adv": 0.1}
+    test_settings = {"batch_size": 8, "generators": 2, "nz": 4, "beta": 1.0, "tv": 0.1, "l2": 0.01, "adv": 0.1}
     def __init__(self, batch_size: int = 256, generators: int = 5, nz: int = 10, width: int = 1, dec_layers: int = 1,
                  lr: float = 1e-3, alpha: float = 1.0, beta: float = 0.0, head: str = "standardize", tv: float = 0.0,
-                 adv: float = 0.0, **data):
+                 l2: float = 0.0, adv: float = 0.0, **data):
         super().__init__(batch_size, **data)
         c, h, w = self.image_shape
-        self.nz, self.w = int(nz), {"cls": 1.0, "dec": alpha, "div": beta, "tv": tv, "adv": adv}
+        self.nz, self.w = int(nz), {"cls": 1.0, "dec": alpha, "div": beta, "tv": tv, "l2": l2, "adv": adv}
         self.bounded_images = head == "sigmoid"
         self.generators = torch.nn.ModuleList(KegNetGenerator(self.num_classes, nz, c, h, width, head)
                                               for _ in range(generators))
@@ -78,6 +79,8 @@ class KegNet(Synthesizer):
                  "div": diversity_loss(z, x)}
         if self.w["tv"]:
             terms["tv"] = tv_l1(x01)
+        if self.w["l2"]:
+            terms["l2"] = image_l2(x01)
         if self.w["adv"]:
             with self.scoring_student() as student:
                 terms["adv"] = -kd_kl(student(x01), t_logits)
