@@ -26,9 +26,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dfkd.augment import build_augment
-from dfkd.hooks import BNStatHooks
 from dfkd.models.generators import UpsampleGenerator
 from dfkd.synthesizers.base import SYNTHESIZERS, SynthBatch, Synthesizer
+from dfkd.synthesizers.momentum_bn import MomentumBNStatistics
 
 
 def decision_adversarial_loss(s_logits: torch.Tensor, t_logits: torch.Tensor) -> torch.Tensor:
@@ -40,7 +40,7 @@ def decision_adversarial_loss(s_logits: torch.Tensor, t_logits: torch.Tensor) ->
 
 
 @SYNTHESIZERS.register("fastdfkd")
-class FastDFKD(Synthesizer):
+class FastDFKD(MomentumBNStatistics, Synthesizer):
     sets_gradients_by_hand = True  # the meta-gradient: fp16 loss scaling would not apply to it (dfkd/distill.py)
     uses_bn_stats = True
     test_settings = {"batch_size": 8, "nz": 8, "ngf": 4, "g_steps": 2, "adversarial_after": 3, "reset_l0_at": 5,
@@ -65,26 +65,9 @@ class FastDFKD(Synthesizer):
                                          betas=(0.5, 0.999))
         self.augment = build_augment(augment)
         self.calls = 0
-        self.bn_hooks: BNStatHooks | None = None
 
     def optimizers(self) -> list[dict]:
         return [{"optimizer": self.meta_opt}]
-
-    def attach(self, teacher, student, ctx):
-        super().attach(teacher, student, ctx)
-        self.bn_hooks = self.hooks(BNStatHooks(teacher, self.first_bn_multiplier, momentum=self.bn_momentum))
-
-    def extra_state(self) -> dict:
-        state = super().extra_state()
-        state["calls"] = self.calls
-        state["bn_ema"] = [list(p) for p in self.bn_hooks.ema] if self.bn_hooks and self.bn_hooks.ema else None
-        return state
-
-    def load_extra_state(self, state: dict) -> None:
-        super().load_extra_state(state)
-        self.calls = int(state.get("calls", 0))
-        if state.get("bn_ema") is not None:
-            self.bn_hooks.ema = [(m.to(self.ctx.device), v.to(self.ctx.device)) for m, v in state["bn_ema"]]
 
     def reset_l0(self) -> None:
         """Re-initialize G's first Linear and first BN, identically on every rank (shared seed, not per rank)."""

@@ -38,9 +38,9 @@ import torch.nn.functional as F
 
 from dfkd.augment import build_augment
 from dfkd.errors import DfkdError
-from dfkd.hooks import BNStatHooks
 from dfkd.models.generators import UpsampleGenerator
 from dfkd.synthesizers.base import SYNTHESIZERS, SynthBatch, Synthesizer
+from dfkd.synthesizers.momentum_bn import MomentumBNStatistics
 from dfkd.synthesizers.fastdfkd import decision_adversarial_loss
 
 
@@ -79,7 +79,7 @@ class NoisyLayerGenerator(nn.Module):
 
 
 @SYNTHESIZERS.register("nayer")
-class NAYER(Synthesizer):
+class NAYER(MomentumBNStatistics, Synthesizer):
     uses_bn_stats = True
     sets_gradients_by_hand = True  # gradients averaged over ranks by hand (torch.autograd.grad): no fp16 scaling
     test_settings = {"batch_size": 8, "noise_dim": 8, "ngf": 4, "g_steps": 2, "adversarial_after": 1,
@@ -100,26 +100,9 @@ class NAYER(Synthesizer):
         self.opt = torch.optim.Adam(self.generator.parameters(), lr=self.lr_g, betas=(0.5, 0.999))
         self.augment = build_augment(augment)
         self.calls = 0
-        self.bn_hooks: BNStatHooks | None = None
 
     def optimizers(self) -> list[dict]:
         return [{"optimizer": self.opt}]
-
-    def attach(self, teacher, student, ctx):
-        super().attach(teacher, student, ctx)
-        self.bn_hooks = self.hooks(BNStatHooks(teacher, self.first_bn_multiplier, momentum=self.bn_momentum))
-
-    def extra_state(self) -> dict:
-        state = super().extra_state()
-        state["calls"] = self.calls
-        state["bn_ema"] = [list(p) for p in self.bn_hooks.ema] if self.bn_hooks and self.bn_hooks.ema else None
-        return state
-
-    def load_extra_state(self, state: dict) -> None:
-        super().load_extra_state(state)
-        self.calls = int(state.get("calls", 0))
-        if state.get("bn_ema") is not None:
-            self.bn_hooks.ema = [(m.to(self.ctx.device), v.to(self.ctx.device)) for m, v in state["bn_ema"]]
 
     def balanced_targets(self) -> torch.Tensor:
         """Every class once per chunk of num_classes samples (the last chunk: a random subset of classes)."""
