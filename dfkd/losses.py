@@ -28,6 +28,16 @@ def kd_kl_elementwise(student_logits: torch.Tensor, teacher_logits: torch.Tensor
 KD_LOSSES = {"kl": kd_kl, "l1": kd_l1, "kl_elementwise": kd_kl_elementwise}
 
 
+def decision_adversarial_loss(s_logits: torch.Tensor, t_logits: torch.Tensor) -> torch.Tensor:
+    """-mean_i 1[argmax S_i = argmax T_i] * KL(softmax T_i || softmax S_i)  (FastDFKD, CMI, NAYER;
+    tau = 1): the generator seeks images the student still classifies as the teacher does, but with a different
+    distribution."""
+    log_s, log_t = F.log_softmax(s_logits, 1), F.log_softmax(t_logits, 1)
+    kl = (log_t.exp() * (log_t - log_s)).sum(1)
+    agree = (s_logits.argmax(1) == t_logits.argmax(1)).float()
+    return -(agree * kl).mean()
+
+
 def information_entropy_loss(logits: torch.Tensor) -> torch.Tensor:
     """DAFL (Chen et al. 2019) eq. 4: sum_c pbar_c * log10(pbar_c), pbar = batch-mean softmax. Minimizing it
     (towards -1 for 10 classes) makes the batch cover the classes evenly."""
@@ -101,7 +111,8 @@ def image_l2(x: torch.Tensor) -> torch.Tensor:
 def instance_contrastive_loss(anchors: torch.Tensor, keys: torch.Tensor, tau: float = 0.1) -> torch.Tensor:
     """InfoNCE (Oord et al. 2018) as CMI's instance discrimination (Fang et al., IJCAI 2021): anchor i's positive
     is key i (another view of the same synthetic image); every other key, of the batch or of a memory of earlier
-    images appended after the batch's rows, is a negative. Rows are L2-normalized here; `keys` may have more rows than `anchors`:
+    images appended after the batch's rows, is a negative. Rows are L2-normalized here; `keys` may have more rows
+    than `anchors`:
         mean_i -log( exp(a_i . k_i / tau) / sum_j exp(a_i . k_j / tau) )."""
     a, k = F.normalize(anchors, dim=1), F.normalize(keys, dim=1)
     logits = a @ k.t() / tau

@@ -110,11 +110,17 @@ def test_cmi_head_is_sized_from_the_teachers_bn_channels_before_the_optimizers()
 
 def test_cmi_each_call_starts_a_fresh_generator_and_fills_a_ring_memory():
     syn, *_ = build("cmi", memory_size=12, n_neg=6, batch_size=8)
+    starts = []  # the generator's weights at the first forward of each call
+    syn._generator.register_forward_pre_hook(
+        lambda m, i: starts.append(m.conv3.weight.detach().clone()) if len(starts) < calls[0] else None)
+    calls = [1]
     first = syn.synthesize()
-    w1 = syn._generator.conv3.weight.clone()
+    end_of_first = syn._generator.conv3.weight.detach().clone()
     assert syn.negatives().shape[0] == 6 and syn.memory_count == 8
+    calls[0] = 2
     second = syn.synthesize()
-    assert not torch.equal(w1, syn._generator.conv3.weight)
+    assert not torch.equal(end_of_first, starts[1]), "the second call started from the first call's generator"
+    assert starts[1].std().item() == pytest.approx(0.02, rel=0.5)  # CMI's N(0, 0.02) draw, not a trained weight
     assert not torch.equal(first.images, second.images)
     assert syn.memory_count == 16 and syn.memory.shape[0] == 12, "the memory wraps around"
     assert set(first.losses) >= {"bn", "oh", "adv", "cr"}

@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dfkd.losses import attention_map, attention_transfer, feature_regression, kd_kl, kd_kl_elementwise, tv_l1
+from dfkd.losses import (attention_map, attention_transfer, decision_adversarial_loss, feature_regression, kd_kl,
+                         kd_kl_elementwise, tv_l1)
 from dfkd.synthesizers import SYNTHESIZERS
 from dfkd.synthesizers.dafl import activation_loss, information_entropy_loss, one_hot_loss
-from dfkd.synthesizers.fastdfkd import decision_adversarial_loss
 from dfkd.synthesizers.kegnet import diversity_loss
 from tests.helpers import assert_teacher_untouched, teacher_snapshot, tiny_pair
 

@@ -118,10 +118,9 @@ def test_bn_hooks_refuse_a_model_without_batchnorm():
 # -- analytic gradients of every differentiable term agree with finite differences (float64) -------------
 
 def _gradcheck_cases():
-    from dfkd.losses import (attention_transfer, feature_regression, information_entropy_loss,
-                             instance_contrastive_loss, kd_kl_elementwise)
+    from dfkd.losses import (attention_transfer, decision_adversarial_loss, feature_regression,
+                             information_entropy_loss, instance_contrastive_loss, kd_kl_elementwise)
     from dfkd.synthesizers.dafl import activation_loss
-    from dfkd.synthesizers.fastdfkd import decision_adversarial_loss
     from dfkd.synthesizers.kegnet import diversity_loss
 
     g = torch.Generator().manual_seed(0)

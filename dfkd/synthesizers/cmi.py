@@ -33,10 +33,9 @@ import torch.nn.functional as F
 
 from dfkd.augment import build_augment
 from dfkd.hooks import BNStatHooks, FeatureTaps, batchnorm_layers
-from dfkd.losses import instance_contrastive_loss
+from dfkd.losses import decision_adversarial_loss, instance_contrastive_loss
 from dfkd.models.generators import UpsampleGenerator
 from dfkd.synthesizers.base import SYNTHESIZERS, SynthBatch, Synthesizer
-from dfkd.synthesizers.fastdfkd import decision_adversarial_loss
 
 
 def reinitialize(model: nn.Module, rng: torch.Generator) -> None:

@@ -26,17 +26,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dfkd.augment import build_augment
+from dfkd.losses import decision_adversarial_loss
 from dfkd.models.generators import UpsampleGenerator
 from dfkd.synthesizers.base import SYNTHESIZERS, SynthBatch, Synthesizer
 from dfkd.synthesizers.momentum_bn import MomentumBNStatistics
-
-
-def decision_adversarial_loss(s_logits: torch.Tensor, t_logits: torch.Tensor) -> torch.Tensor:
-    """-mean_i 1[argmax S_i = argmax T_i] * KL(softmax T_i || softmax S_i)  (FastDFKD / CMI, tau = 1)."""
-    log_s, log_t = F.log_softmax(s_logits, 1), F.log_softmax(t_logits, 1)
-    kl = (log_t.exp() * (log_t - log_s)).sum(1)
-    agree = (s_logits.argmax(1) == t_logits.argmax(1)).float()
-    return -(agree * kl).mean()
 
 
 @SYNTHESIZERS.register("fastdfkd")

@@ -42,7 +42,7 @@ def diversity_loss(z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 @SYNTHESIZERS.register("kegnet")
 class KegNet(Synthesizer):
-    bounded_images = False  # the generator standardizes each image (paper: Tanh -> per-image normalization)
+    bounded_images = False  # the paper's head standardizes each image; `head="sigmoid"` sets it True
     test_settings = {"batch_size": 8, "generators": 2, "nz": 4, "beta": 1.0, "tv": 0.1, "l2": 0.01, "adv": 0.1}
     def __init__(self, batch_size: int = 256, generators: int = 5, nz: int = 10, width: int = 1, dec_layers: int = 1,
                  lr: float = 1e-3, alpha: float = 1.0, beta: float = 0.0, head: str = "standardize", tv: float = 0.0,

@@ -38,10 +38,10 @@ import torch.nn.functional as F
 
 from dfkd.augment import build_augment
 from dfkd.errors import DfkdError
+from dfkd.losses import decision_adversarial_loss
 from dfkd.models.generators import UpsampleGenerator
 from dfkd.synthesizers.base import SYNTHESIZERS, SynthBatch, Synthesizer
 from dfkd.synthesizers.momentum_bn import MomentumBNStatistics
-from dfkd.synthesizers.fastdfkd import decision_adversarial_loss
 
 
 def load_label_embeddings(path: str | None, num_classes: int) -> torch.Tensor:
