@@ -34,7 +34,7 @@ from dfkd.callbacks import read_curve
 CSV_FIELDS = ("recipe", "synthesizer", "seed", "status", "teacher", "student", "teacher_acc", "student_acc",
               "student_over_teacher", "initial_student_acc", "wall_time_s", "fit_time_s", "synthesis_time_s",
               "images_synthesized", "iterations", "planned_iterations", "stopped_by_budget", "student_params",
-              "compression_ratio", "device", "log")
+              "compression_ratio", "queries", "device", "log")
 
 # Published numbers (each paper, and the FastDFKD and CMI READMEs), shown beside the measurements for orientation only: other data,
 # other teachers, GPU-hours of synthesis as printed by the FastDFKD paper (Source A) unless noted.
@@ -118,8 +118,8 @@ def run_one(recipe: str, seed: int, out: Path, minutes: float | None, overrides:
         "fit_time_s": round(s["fit_time_s_total"], 1), "synthesis_time_s": round(s["synthesis_time_s"], 1),
         "images_synthesized": s["images_synthesized"], "iterations": s["iterations"],
         "planned_iterations": s.get("planned_iterations"), "stopped_by_budget": s.get("stopped_by_budget", False),
-        "student_params": st["params"], "compression_ratio": round(s["compression_ratio"], 2),
-        "device": s["device"]})
+        "student_params": st["params"], "compression_ratio": round(s["compression_ratio"], 2) if s["compression_ratio"] else None,
+        "queries": s.get("queries"), "device": s["device"]})
     return row
 
 
@@ -143,7 +143,7 @@ def aggregate(rows: list[dict]) -> list[dict]:
                "compression_ratio": ok[0]["compression_ratio"], "device": ok[0]["device"],
                "stopped_by_budget": sum(bool(r["stopped_by_budget"]) for r in ok)}
         for key in ("teacher_acc", "student_acc", "student_over_teacher", "initial_student_acc", "wall_time_s",
-                    "fit_time_s", "synthesis_time_s", "images_synthesized"):
+                    "fit_time_s", "synthesis_time_s", "images_synthesized", "queries"):
             vals = [float(r[key]) for r in ok if r.get(key) is not None]
             agg[key] = mean_std(vals) if vals else (float("nan"), 0.0)
         out.append(agg)
@@ -197,19 +197,19 @@ def write_markdown(path: Path, rows: list[dict], args, command: str, started: st
         "",
         "| recipe | method | teacher -> student | teacher acc % | student acc % | student / teacher | "
         "before distillation % | wall time s | synthesis s | images synthesized | student params | compression | "
-        "stopped by budget |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "stopped by budget | teacher queries |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for a in agg:
         if not a["runs"]:
-            lines.append(f"| {a['recipe']} | failed ({a['failed']} runs, see logs/) |" + " |" * 11)
+            lines.append(f"| {a['recipe']} | failed ({a['failed']} runs, see logs/) |" + " |" * 12)
             continue
         lines.append(
             f"| {a['recipe']} | {a['synthesizer']} | {a['pair']} | {_pm(a['teacher_acc'], 100)} | "
             f"**{_pm(a['student_acc'], 100)}** | {_pm(a['student_over_teacher'], 1, '{:.3f}')} | "
             f"{_pm(a['initial_student_acc'], 100)} | {_pm(a['wall_time_s'], 1, '{:.0f}')} | "
             f"{_pm(a['synthesis_time_s'], 1, '{:.0f}')} | {_pm(a['images_synthesized'], 1, '{:,.0f}')} | "
-            f"{a['student_params']:,} | {a['compression_ratio']:.1f}x | {a['stopped_by_budget']}/{a['runs']} |")
+            f"{a['student_params']:,} | {_ratio(a)} | {a['stopped_by_budget']}/{a['runs']} | {_queries(a)} |")
     reach = against_baseline(rows, Path(path).parent)
     if reach:
         lines += ["", "Time to DeepInversion's final accuracy (first end-of-epoch score at or above it):", "", *reach]
@@ -222,17 +222,28 @@ def write_markdown(path: Path, rows: list[dict], args, command: str, started: st
     path.write_text("\n".join(lines) + "\n")
 
 
+def _ratio(a: dict) -> str:
+    return f"{a['compression_ratio']:.1f}x" if a["compression_ratio"] else "black-box teacher"
+
+
+def _queries(a: dict) -> str:
+    """Images sent to a black-box teacher; '-' for a white-box one (nothing counted)."""
+    mean = a["queries"][0]
+    return "-" if mean != mean else _pm(a["queries"], 1, "{:,.0f}")  # nan: no run had a black-box teacher
+
+
 def write_compact_table(path: Path, rows: list[dict]) -> None:
     """The README's results table: one line per recipe, mean ± std over seeds."""
-    lines = ["| recipe | teacher -> student (compression) | teacher % | student % | wall s | images synthesized |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| recipe | teacher -> student (compression) | teacher % | student % | wall s | images synthesized | "
+             "teacher queries |", "|---|---|---|---|---|---|---|"]
     for a in aggregate(rows):
         if not a["runs"]:
-            lines.append(f"| `{a['recipe']}` | failed ({a['failed']} runs) | | | | |")
+            lines.append(f"| `{a['recipe']}` | failed ({a['failed']} runs) | | | | | |")
             continue
-        lines.append(f"| `{a['recipe']}` | {a['pair']} ({a['compression_ratio']:.1f}x) | "
+        lines.append(f"| `{a['recipe']}` | {a['pair']} ({_ratio(a)}) | "
                      f"{_pm(a['teacher_acc'], 100)} | **{_pm(a['student_acc'], 100)}** | "
-                     f"{_pm(a['wall_time_s'], 1, '{:.0f}')} | {_pm(a['images_synthesized'], 1, '{:,.0f}')} |")
+                     f"{_pm(a['wall_time_s'], 1, '{:.0f}')} | {_pm(a['images_synthesized'], 1, '{:,.0f}')} | "
+                     f"{_queries(a)} |")
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -243,8 +254,10 @@ def write_csv(path: Path, rows: list[dict]) -> None:
         w.writerows(rows)
 
 
-def plot(path: Path, rows: list[dict], out: Path, minutes: float | None, title: str = "") -> None:
-    """Held-out accuracy against training minutes, from each run's curve.csv: one colour per method."""
+def plot(path: Path, rows: list[dict], out: Path, minutes: float | None, title: str = "",
+         by_queries: bool = False) -> None:
+    """Held-out accuracy against training minutes (or, `by_queries`, against the images sent to a black-box
+    teacher), from each run's curve.csv: one colour per method."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -260,17 +273,22 @@ def plot(path: Path, rows: list[dict], out: Path, minutes: float | None, title: 
             if r["recipe"] != recipe or r.get("status") != "ok" or not curve_file.is_file():
                 continue
             pts = read_curve(curve_file)
-            ax.plot([p["fit_seconds"] / 60 for p in pts], [100 * p["heldout_acc"] for p in pts], marker=".",
+            if by_queries:
+                pts = [p for p in pts if p["queries"] is not None]
+                if not pts:
+                    continue
+            ax.plot([p["queries"] if by_queries else p["fit_seconds"] / 60 for p in pts], [100 * p["heldout_acc"] for p in pts], marker=".",
                     color=colors[i % len(colors)], label=None if labelled else recipe, alpha=0.9)
             labelled = True
-    if minutes:
+    if minutes and not by_queries:
         ax.axvline(minutes, color="grey", linestyle="--", linewidth=1, label=f"budget {minutes:g} min")
-    ax.set_xlabel("training time (minutes)")
+    ax.set_xlabel("images sent to the teacher (queries)" if by_queries else "training time (minutes)")
     ax.set_ylabel("student accuracy on held-out real images (%)")
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    ax.set_title(f"dfkd{' ' + title if title else ''}: student accuracy against time")
+    ax.set_title(f"dfkd{' ' + title if title else ''}: student accuracy against "
+                 f"{'teacher queries' if by_queries else 'time'}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -305,6 +323,8 @@ def run_bench(args, command: str) -> int:
             write_compact_table(out / "readme_table.md", rows)
             write_markdown(out / "results.md", rows, args, command, started, time.perf_counter() - t0)
             plot(out / "accuracy_vs_time.png", rows, out, args.minutes, args.suite)
+            if any(r.get("queries") is not None for r in rows):  # black-box recipes: their cost is queries
+                plot(out / "accuracy_vs_queries.png", rows, out, None, args.suite, by_queries=True)
     print(f"\nwrote {out / 'results.md'}, {out / 'results.csv'}, {out / 'accuracy_vs_time.png'} "
           f"({(time.perf_counter() - t0) / 60:.1f} min)")
     print((out / "results.md").read_text())

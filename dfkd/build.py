@@ -9,6 +9,7 @@ import torch
 from omegaconf import DictConfig, open_dict
 from torch.utils.data import DataLoader
 
+from dfkd.blackbox import ACCESS_LEVELS, BlackBoxTeacher, access_rank, local_answers
 from dfkd.checkpoint_io import build_classifier, load_weights
 from dfkd.config import to_plain
 from dfkd.preprocess import Classifier
@@ -42,9 +43,18 @@ def build_model_of(model_cfg: DictConfig, data: DictConfig) -> Classifier:
                             *_normalization(model_cfg, data))
 
 
-def build_teacher(cfg: DictConfig) -> Classifier:
-    """The frozen teacher from `cfg.teacher`, checked against the data it will be asked about."""
+def build_teacher(cfg: DictConfig) -> Classifier | BlackBoxTeacher:
+    """The frozen teacher from `cfg.teacher`, checked against the data it will be asked about: the model itself
+    (`teacher.access=white`), or a `BlackBoxTeacher` that answers with scores or labels only (a local checkpoint
+    wrapped, or `teacher.endpoint`)."""
     t, d = cfg.teacher, cfg.data
+    access_rank(t.access)
+    if t.access == "white" and (t.endpoint or t.max_queries is not None or t.top_k is not None):
+        what = "teacher.endpoint" if t.endpoint else "teacher.max_queries" if t.max_queries is not None else "teacher.top_k"
+        raise RunError(f"{what} is for a black-box teacher, and teacher.access=white: set teacher.access=scores "
+                       f"(probabilities) or teacher.access=label (the predicted class only)")
+    if t.endpoint:
+        return _remote_teacher(cfg)
     clf = build_model_of(t, d)
     clf.recorded_acc = None  # the held-out accuracy the teacher file records, if any
     if t.checkpoint:
@@ -72,13 +82,38 @@ def build_teacher(cfg: DictConfig) -> Classifier:
                            f"data '{d.name}': {e}") from None
     if out.shape[1] != d.num_classes:
         raise RunError(f"teacher predicts {out.shape[1]} classes but data '{d.name}' has {d.num_classes}")
+    if t.access != "white":
+        return BlackBoxTeacher(local_answers(clf), t.access, d.num_classes, t.top_k, t.max_queries)
     return clf
+
+
+def _remote_teacher(cfg: DictConfig) -> BlackBoxTeacher:
+    """`teacher.endpoint`: a service or a callable, asked once about two images before anything runs."""
+    from dfkd.remote_teacher import endpoint_answers
+
+    t, d = cfg.teacher, cfg.data
+    answer = endpoint_answers(str(t.endpoint), t.endpoint_format, float(t.timeout_s), int(t.retries))
+    teacher = BlackBoxTeacher(answer, t.access, d.num_classes, t.top_k, t.max_queries)
+    with teacher.counting_as("startup_check"):
+        teacher(torch.rand(2, *image_shape(d)))  # a wrong shape or an unreachable service fails here, named
+    return teacher
+
+
+def is_black_box(teacher) -> bool:
+    return isinstance(teacher, BlackBoxTeacher)
 
 
 def build_student(cfg: DictConfig, teacher: Classifier) -> Classifier:
     """The student: an architecture by name, or (`arch: tucker`) the teacher compressed by Tucker-2
     decomposition, whose chosen ranks are written back into cfg.student so the run can be rebuilt."""
-    s, d, p = cfg.student, cfg.data, teacher.preprocess
+    s, d = cfg.student, cfg.data
+    if is_black_box(teacher):
+        if s.arch == "tucker":
+            raise RunError("student=tucker compresses the teacher's own layers, which a black-box teacher "
+                           "(teacher.access=" + cfg.teacher.access + ") does not show: pick a student architecture")
+        return build_classifier(s.arch, s.arch_kwargs or {}, d.num_classes, d.channels, d.image_size,
+                                cfg.teacher.input_size or d.image_size, cfg.teacher.resize, d.mean, d.std)
+    p = teacher.preprocess
     if s.arch == "tucker" and "ranks" not in (s.arch_kwargs or {}):
         from dfkd.models.tucker import compress
 
@@ -104,6 +139,13 @@ def build_synthesizer(cfg: DictConfig, teacher: torch.nn.Module | None = None) -
                                          mean=mean, std=std)
     except (TypeError, ValueError) as e:  # a recipe key the synthesizer does not take, or a value it refuses
         raise RunError(f"synthesizer '{name}': {e}") from None
+    granted = cfg.teacher.access
+    if access_rank(synthesizer.access) > access_rank(granted):
+        fits = [n for n in SYNTHESIZERS.names()
+                if access_rank(getattr(SYNTHESIZERS.get(n), "access", "white")) <= access_rank(granted)]
+        raise RunError(f"synthesizer '{name}' needs {synthesizer.access} access to the teacher but the recipe grants "
+                       f"teacher.access={granted}. Methods that fit {granted} access: {', '.join(fits) or 'none'}"
+                       f" (levels, least to most: {', '.join(ACCESS_LEVELS)}).")
     if teacher is not None:
         try:
             require_batchnorm(synthesizer, teacher, name)
@@ -118,7 +160,7 @@ def check_teacher_accuracy(cfg: DictConfig, teacher: Classifier, acc: float, hel
     chance to perfect), or far below what its file records: almost always preprocessing that differs from the
     teacher's training."""
     chance = 1.0 / int(cfg.data.num_classes)
-    recorded = teacher.recorded_acc
+    recorded = getattr(teacher, "recorded_acc", None)
     # below halfway from chance to perfect (55 % for 10 classes), or 10 points under what its file says
     low = acc < chance + 0.5 * (1 - chance) or (recorded is not None and acc < recorded - 0.10)
     if not cfg.teacher.check_heldout or cfg.teacher.random_init or not low:
@@ -133,12 +175,15 @@ def check_teacher_accuracy(cfg: DictConfig, teacher: Classifier, acc: float, hel
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, dataset, batch_size: int = 500, device="cpu") -> float:
-    """Top-1 accuracy of `model` ([0,1] images in) on `dataset`."""
-    was_training = model.training
-    model.eval()
+    """Top-1 accuracy of `model` ([0,1] images in; a module or a black-box teacher) on `dataset`."""
+    module = model if isinstance(model, torch.nn.Module) else None
+    was_training = module is not None and module.training
+    if module is not None:
+        module.eval()
     correct = total = 0
     for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
         correct += (model(x.to(device)).argmax(1).cpu() == y).sum().item()
         total += y.numel()
-    model.train(was_training)
+    if module is not None:
+        module.train(was_training)
     return correct / max(total, 1)

@@ -36,6 +36,8 @@ class RunProgressBar(pl.Callback):
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         post = {"kd": f"{float(loss):.3f}" if loss is not None else "-",
                 "imgs": module.images_synthesized * trainer.world_size}
+        if module.black_box:
+            post["queries"] = module.queries * trainer.world_size
         if "val/acc" in m:
             post["val_acc"] = f"{float(m['val/acc']):.3f}"
         self.bar.set_postfix(post, refresh=False)
@@ -69,25 +71,29 @@ class ImageGridLogger(pl.Callback):
         logger.experiment.add_image("synth/images", grid, global_step=module.iteration)
 
 
-CURVE_FIELDS = ("iteration", "fit_seconds", "images_synthesized", "heldout_acc", "when")
+CURVE_FIELDS = ("iteration", "fit_seconds", "images_synthesized", "heldout_acc", "when", "queries")
 
 
-def append_curve(path, iteration: int, fit_seconds: float, images: int, acc: float, when: str) -> None:
-    """One row of `curve.csv`: held-out accuracy against training time (cumulative over resumes) and images."""
+def append_curve(path, iteration: int, fit_seconds: float, images: int, acc: float, when: str,
+                 queries: int | None = None) -> None:
+    """One row of `curve.csv`: held-out accuracy against training time (cumulative over resumes), images
+    synthesized and, for a black-box teacher, the images sent to it (empty otherwise)."""
     path = Path(path)
     new = not path.is_file()
     with path.open("a", newline="") as f:
         w = csv.writer(f)
         if new:
             w.writerow(CURVE_FIELDS)
-        w.writerow([int(iteration), f"{fit_seconds:.2f}", int(images), f"{acc:.4f}", when])
+        w.writerow([int(iteration), f"{fit_seconds:.2f}", int(images), f"{acc:.4f}", when,
+                    "" if queries is None else int(queries)])
 
 
 def read_curve(path) -> list[dict]:
     with Path(path).open() as f:
         return [{"iteration": int(r["iteration"]), "fit_seconds": float(r["fit_seconds"]),
                  "images_synthesized": int(r["images_synthesized"]), "heldout_acc": float(r["heldout_acc"]),
-                 "when": r["when"]} for r in csv.DictReader(f)]
+                 "when": r["when"], "queries": int(r["queries"]) if r.get("queries") else None}
+                for r in csv.DictReader(f)]
 
 
 class CurveLogger(pl.Callback):
@@ -102,7 +108,7 @@ class CurveLogger(pl.Callback):
             return
         append_curve(self.path, module.iteration, module.fit_seconds(),
                      module.images_synthesized * trainer.world_size, float(trainer.callback_metrics["val/acc"]),
-                     "epoch")
+                     "epoch", module.queries * trainer.world_size if module.black_box else None)
 
 
 class KillAt(pl.Callback):

@@ -23,6 +23,7 @@ import torch.nn as nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from dfkd.attention import build_attention
+from dfkd.blackbox import BlackBoxTeacher, QueryBudgetSpent, logits_from_answers
 from dfkd.ema import student_average
 from dfkd.errors import DfkdError
 from dfkd.kd_batches import KDBatchSource
@@ -49,7 +50,11 @@ class DistillModule(pl.LightningModule):
         super().__init__()
         self.automatic_optimization = False
         self.strict_loading = False  # the teacher is not in checkpoints
-        self.teacher = teacher.eval().requires_grad_(False)
+        # a black box is a plain object with no modules, never moved or saved; a model is frozen here
+        self.black_box = isinstance(teacher, BlackBoxTeacher)
+        self.teacher = teacher if self.black_box else teacher.eval().requires_grad_(False)
+        self.query_budget_spent = False
+        self._budget_split = False  # max_queries divided over the ranks (once per process)
         self.student = student
         self.synthesizer = synthesizer
         self.augment = augment
@@ -97,7 +102,7 @@ class DistillModule(pl.LightningModule):
             params = [p.detach().abs().max() for p in module.parameters() if p.numel()]
             if params and not torch.isfinite(torch.stack(params)).all():
                 self._diverged(f"the {part}'s weights", "non-finite", part)
-        mine = {**self.batches.state_dict(), "torch_rng": torch.get_rng_state(),
+        mine = {**self.batches.state_dict(), "torch_rng": torch.get_rng_state(), "queries": self.queries,
                 "synth": self.synthesizer.extra_state(), "images_synthesized": self.images_synthesized,
                 "synth_seconds": self.synth_seconds,
                 # under DDP every rank must hold the same student and generators (checked by the tests)
@@ -121,6 +126,8 @@ class DistillModule(pl.LightningModule):
         self.synthesizer.load_extra_state(mine["synth"])
         self.images_synthesized = int(mine["images_synthesized"])
         self.synth_seconds = float(mine["synth_seconds"])
+        if self.black_box:
+            self.teacher.queries = int(mine.get("queries", 0))
 
     # -- setup ----------------------------------------------------------------------------------------
     def configure_optimizers(self):
@@ -137,8 +144,25 @@ class DistillModule(pl.LightningModule):
                 scheds.append(item["scheduler"])
         return opts, scheds
 
+    @property
+    def queries(self) -> int:
+        """Images this rank sent to a black-box teacher for distillation (0 for a white-box teacher)."""
+        return self.teacher.queries if self.black_box else 0
+
+    def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The teacher's logits, or for a black box the logits recovered from its answers (DFME Sec. 3.3)."""
+        return logits_from_answers(self.teacher(x)) if self.black_box else self.teacher(x)
+
     def on_fit_start(self):
-        self.teacher.eval()
+        if self.black_box:
+            if self.attention is not None:
+                raise ValueError("distill.attention needs the teacher's feature maps, which a black-box teacher "
+                                 "does not show: set distill.attention.beta=0 or teacher.access=white")
+            if self.teacher.max_queries is not None and not self._budget_split:
+                self.teacher.max_queries //= self.trainer.world_size  # each rank spends its share
+                self._budget_split = True
+        else:
+            self.teacher.eval()
         if getattr(self.trainer.precision_plugin, "scaler", None) is not None and \
                 self.synthesizer.sets_gradients_by_hand:
             raise ValueError(f"synthesizer {type(self.synthesizer).__name__} sets its gradients by hand, which fp16 "
@@ -177,6 +201,7 @@ class DistillModule(pl.LightningModule):
         reduce = self.trainer.strategy.reduce
         t = lambda v: torch.tensor(float(v), device=self.device, dtype=torch.float64)  # noqa: E731
         self.totals = {"images_synthesized": float(reduce(t(self.images_synthesized), reduce_op="sum")),
+                       "queries": float(reduce(t(self.queries), reduce_op="sum")),
                        "synth_seconds": float(reduce(t(self.synth_seconds), reduce_op="sum")),
                        "fit_seconds": self.fit_seconds()}
 
@@ -188,6 +213,19 @@ class DistillModule(pl.LightningModule):
     # -- training -------------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
         assert not self.teacher.training, "teacher left eval mode"
+        try:
+            return self._iteration()
+        except QueryBudgetSpent:
+            # stop cleanly: the run checkpoints, scores and exports the student as it is (dfkd.run)
+            self.query_budget_spent = True
+            self.trainer.should_stop = True
+            return None
+        finally:
+            if self.black_box:
+                self.log("train/queries", float(self.queries * self.trainer.world_size), on_step=True,
+                         on_epoch=False)
+
+    def _iteration(self):
         if self.iteration % self.cfg["synth_every"] == 0 or self.batches.needs_synthesis:
             self._synthesize()
         if self.iteration < self.cfg["synthesis_only_iterations"]:
@@ -213,6 +251,8 @@ class DistillModule(pl.LightningModule):
         self.images_synthesized += batch.images.shape[0]
         self.last_synth = batch
         self.batches.add(batch)
+        if batch.teacher_logits is not None:
+            self.batches.remember([(batch.images, batch.teacher_logits)])
         self.log_dict({f"synth/{k}": v for k, v in batch.losses.items()}, on_step=True, on_epoch=False)
         self.log("synth/images_per_s", batch.images.shape[0] / max(dt, 1e-9), on_step=True, on_epoch=False)
         self.log("synth/images", float(self.images_synthesized), on_step=True, on_epoch=False)
@@ -233,14 +273,19 @@ class DistillModule(pl.LightningModule):
         scored = []           # (images, teacher logits) of this iteration, for the replay memory
         for _ in range(self.cfg["kd_steps"]):
             x = self.augment(self.batches.draw(self.synthesizer))
-            if x is not teacher_input:
+            keep = self.batches.fresh_rows(x.shape[0])  # None: no replayed images in this batch
+            if self.black_box and keep is not None:
+                x, keep = x[keep.to(x.device)], None  # a black box is sent only the images the student trains on
+            if x.shape[0] == 0:  # replay.fraction=1: nothing fresh to ask the teacher about
+                t_logits = x.new_zeros(0, self.num_classes)
+            elif x is not teacher_input:
                 # ZSKT trains `kd_steps` times on one un-augmented pseudo-batch: the frozen teacher's logits
                 # (and its attention taps, which no other forward overwrites in this loop) are computed once
                 with torch.no_grad():
-                    t_logits = self.teacher(x)
+                    t_logits = self.teacher_logits(x)
                 teacher_input = x
                 scored.append((x, t_logits))
-            student_input, t_target, keep = self.batches.with_replay(x, t_logits)
+            student_input, t_target = self.batches.with_replay(x, t_logits, keep)
             s_logits = self.student(student_input)
             loss = self.kd_loss(s_logits, t_target, self.cfg["tau"])
             if self.attention is not None:
@@ -310,6 +355,10 @@ class DistillModule(pl.LightningModule):
     def on_validation_epoch_end(self):
         acc = self.val_acc.compute()  # syncs ranks, so every rank takes the same decision below
         self.log("val/acc", acc, prog_bar=True, sync_dist=False)
+        if self.black_box and self.global_rank == 0 and self.logger is not None and not self.trainer.sanity_checking:
+            # accuracy against the images sent to the teacher, the measure of a black-box method's cost
+            self.logger.experiment.add_scalar("val/acc_by_queries", float(acc),
+                                              global_step=self.queries * self.trainer.world_size)
         self.val_acc.reset()
         self._stop_if_not_learning(float(acc))
         if self.student_ema is not None:

@@ -28,8 +28,9 @@ class KDBatchSource:
         self.bank = SampleBank(bank["capacity"], bank["dtype"])
         self.replay = SampleBank(int(replay["capacity"]), "float32") if replay["capacity"] else None
         self.replay_fraction = float(replay["fraction"])
-        if self.replay is not None and not 0.0 < self.replay_fraction < 1.0:
-            raise ValueError(f"distill.replay.fraction must be in (0, 1), got {self.replay_fraction}")
+        if self.replay is not None and not 0.0 < self.replay_fraction <= 1.0:
+            raise ValueError(f"distill.replay.fraction must be in (0, 1], got {self.replay_fraction} (1: the student "
+                             f"trains on remembered teacher answers only, once the memory holds any)")
         self.latest: SynthBatch | None = None
         self.rng: torch.Generator | None = None
 
@@ -56,16 +57,24 @@ class KDBatchSource:
             return self.bank.sample(self.batch_size, self.rng)[0]
         return self.latest.images
 
-    def with_replay(self, x: torch.Tensor, t_logits: torch.Tensor):
-        """(student input, teacher logits for it, rows of `x` kept): with a non-empty replay memory, a random part
-        of the fresh batch followed by replayed images with the teacher logits stored for them."""
+    def fresh_rows(self, n: int) -> torch.Tensor | None:
+        """The rows of a fresh batch of `n` that stay beside the replayed images (random), or None: all of them."""
         n_replay = self._replay_count()
         if not n_replay:
-            return x, t_logits, None
-        keep = torch.randperm(x.shape[0], generator=self.rng, device=self.rng.device)
-        keep = keep[: x.shape[0] - n_replay].to(x.device)
-        old_x, old_logits = self.replay.sample(n_replay, self.rng)
-        return torch.cat([x[keep], old_x]), torch.cat([t_logits[keep], old_logits]), keep
+            return None
+        return torch.randperm(n, generator=self.rng, device=self.rng.device)[: n - n_replay]
+
+    def with_replay(self, x: torch.Tensor, t_logits: torch.Tensor, keep: torch.Tensor | None):
+        """(student input, teacher logits for it): the fresh rows (`x[keep]`, or all of `x` when keep is None)
+        followed by replayed images with the teacher logits stored for them, so that the KD batch keeps its size."""
+        n_replay = self._replay_count()
+        if not n_replay:
+            return x, t_logits
+        if keep is not None:
+            keep = keep.to(x.device)
+            x, t_logits = x[keep], t_logits[keep]
+        old_x, old_logits = self.replay.sample(self.batch_size - x.shape[0], self.rng)
+        return torch.cat([x, old_x]), torch.cat([t_logits, old_logits])
 
     def remember(self, scored: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Add this iteration's (images, teacher logits) to the replay memory."""

@@ -25,7 +25,13 @@ def kd_kl_elementwise(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     return kd_kl(student_logits, teacher_logits, tau) / student_logits.shape[1]
 
 
-KD_LOSSES = {"kl": kd_kl, "l1": kd_l1, "kl_elementwise": kd_kl_elementwise}
+def kd_hard_label(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
+    """Cross-entropy with the teacher's top-1 class (tau unused): what a label-only teacher gives to learn from
+    (IDEAL, Zhang et al. 2023, the student's loss)."""
+    return F.cross_entropy(student_logits, teacher_logits.argmax(1))
+
+
+KD_LOSSES = {"kl": kd_kl, "l1": kd_l1, "kl_elementwise": kd_kl_elementwise, "ce": kd_hard_label}
 
 
 def decision_adversarial_loss(s_logits: torch.Tensor, t_logits: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ Everything before `trainer.fit` runs once per process under DDP (Lightning re-ex
 """
 from __future__ import annotations
 
+import contextlib
 import time
 
 import pytorch_lightning as pl
@@ -19,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from dfkd.augment import build_augment
 from dfkd.build import (build_student, build_synthesizer, build_teacher, check_teacher_accuracy, evaluate, image_shape,
-                        teacher_normalization)
+                        is_black_box, teacher_normalization)
 from dfkd.callbacks import CurveLogger, ImageGridLogger, KillAt, RunProgressBar, append_curve, save_image_grid
 from dfkd.config import ConfigError, to_plain, unset_values_message
 from dfkd.data import StepDataset, build_splits
@@ -53,8 +54,11 @@ def run_distill(cfg: DictConfig) -> dict | None:
     student = build_student(cfg, teacher)
     synthesizer = build_synthesizer(cfg, teacher)
     run_dir = run_dir_of(cfg)
-    teacher_acc = evaluate(teacher, splits.val) if is_rank_zero() else None
-    if is_rank_zero():
+    teacher_acc = None
+    if is_rank_zero() and (cfg.teacher.check_heldout or not is_black_box(teacher)):
+        with teacher.counting_as("heldout_check") if is_black_box(teacher) else contextlib.nullcontext():
+            teacher_acc = evaluate(teacher, splits.val)  # a black box's answers here are counted apart
+    if teacher_acc is not None:
         check_teacher_accuracy(cfg, teacher, teacher_acc, len(splits.val))
     initial_acc = evaluate(student, splits.val) if is_rank_zero() else None  # before any distillation
 
@@ -77,11 +81,13 @@ def run_distill(cfg: DictConfig) -> dict | None:
                             num_workers=int(cfg.data.num_workers))
     if is_rank_zero():  # every start-up check has passed: only now is anything written
         prepare_run_dir(cfg)
-        print(run_line(cfg, count_params(teacher.model), count_params(student.model), device_of(trainer), run_dir),
+        print(run_line(cfg, teacher_params(teacher), count_params(student.model), device_of(trainer), run_dir),
               flush=True)
     ckpt = resume_checkpoint(cfg)
     trainer.fit(module, DataLoader(steps, batch_size=1, generator=g), val_loader,
                 ckpt_path=str(ckpt) if ckpt else None)
+    if module.query_budget_spent:  # stopped within an epoch: checkpoint where it stopped (every rank takes part)
+        trainer.save_checkpoint(run_dir / "last.ckpt")
     if not trainer.is_global_zero:
         return None
     summary = _finish(cfg, run_dir, module, trainer, splits, teacher, student, teacher_acc, initial_acc)
@@ -92,6 +98,20 @@ def run_distill(cfg: DictConfig) -> dict | None:
     write_json(run_dir / "summary.json", summary)
     print(report(summary, run_dir))
     return summary
+
+
+def teacher_params(teacher) -> int | None:
+    """The teacher's parameter count; None for a black box (nothing of it is visible)."""
+    return None if is_black_box(teacher) else count_params(teacher.model)
+
+
+def _query_summary(cfg, module, teacher) -> dict:
+    if not is_black_box(teacher):
+        return {}
+    return {"queries": int(module.totals["queries"]), "max_queries": cfg.teacher.max_queries,
+            "queries_heldout_check": teacher.counts.get("heldout_check", 0),
+            "stopped_by_query_budget": bool(module.query_budget_spent),
+            "teacher_access": cfg.teacher.access, "teacher_top_k": cfg.teacher.top_k}
 
 
 def _lr_settings(cfg) -> dict[str, str]:
@@ -109,22 +129,25 @@ def _finish(cfg, run_dir, module, trainer, splits, teacher, student, teacher_acc
     scored = module.scored_student  # the student, or its weight average with distill.ema_decay
     student_acc = evaluate(scored, splits.val, device=module.device)
     append_curve(run_dir / "curve.csv", module.iteration, module.totals["fit_seconds"],
-                 int(module.totals["images_synthesized"]), student_acc, "final")
+                 int(module.totals["images_synthesized"]), student_acc, "final",
+                 int(module.totals["queries"]) if module.black_box else None)
     # the student as training left it (== last.ckpt, unless the time budget stopped it within an epoch)
     export_path = export_run(run_dir, weights=scored.model.state_dict())
     if module.last_synth is not None:
         save_image_grid(module.last_synth.images, run_dir / "samples.png")
+    t_params = teacher_params(teacher)
     return {
         "recipe": cfg.recipe, "run": str(cfg.run), "synthesizer": cfg.synthesizer.name, "seed": int(cfg.seed),
         "resumed": bool(cfg.resume),
-        "teacher": {"arch": cfg.teacher.arch, "checkpoint": cfg.teacher.checkpoint,
-                    "params": count_params(teacher.model), "heldout_acc": teacher_acc},
+        "teacher": {"arch": cfg.teacher.arch, "checkpoint": cfg.teacher.checkpoint, "endpoint": cfg.teacher.endpoint,
+                    "access": cfg.teacher.access, "params": t_params, "heldout_acc": teacher_acc},
         "student": {"arch": cfg.student.arch, "arch_kwargs": to_plain(cfg.student)["arch_kwargs"] or {},
                     "params": count_params(student.model), "heldout_acc": student_acc,
                     "weights": (f"moving average of the student's weights (distill.ema_decay={module.ema_decay})"
                                 if module.student_ema is not None else "the student's final weights"),
                     "initial_heldout_acc": initial_acc, "best_heldout_acc": best_score(trainer)},
-        "compression_ratio": count_params(teacher.model) / count_params(student.model),
+        "compression_ratio": t_params / count_params(student.model) if t_params else None,
+        **_query_summary(cfg, module, teacher),
         "heldout_set": f"{cfg.data.name}: {len(splits.val)} real images never used for training",
         "fit_time_s_total": module.totals["fit_seconds"],
         "synthesis_time_s": module.totals["synth_seconds"],
@@ -139,12 +162,18 @@ def _finish(cfg, run_dir, module, trainer, splits, teacher, student, teacher_acc
 
 
 def report(s: dict, run_dir) -> str:
+    t, st = s["teacher"], s["student"]
+    t_acc = f"{t['heldout_acc']:.4f}" if t["heldout_acc"] is not None else "not checked"
+    t_what = f"{t['params']:,} params" if t["params"] else f"black box, {t['access']} only"
+    smaller = f", {s['compression_ratio']:.1f}x smaller" if s["compression_ratio"] else ""
+    queries = (f"teacher queries       {s['queries']:,}" + (f" of {s['max_queries']:,}" if s["max_queries"] else "")
+               + (" (budget spent)" if s["stopped_by_query_budget"] else "")
+               + f"; {s['queries_heldout_check']:,} more for the held-out check\n") if "queries" in s else ""
     return (f"\n== {s['recipe']} -> {run_dir}\n"
-            f"teacher held-out acc  {s['teacher']['heldout_acc']:.4f}  ({s['teacher']['arch']}, "
-            f"{s['teacher']['params']:,} params)\n"
-            f"student held-out acc  {s['student']['heldout_acc']:.4f}  ({s['student']['arch']}, "
-            f"{s['student']['params']:,} params, {s['compression_ratio']:.1f}x smaller)\n"
+            f"teacher held-out acc  {t_acc}  ({t['arch']}, {t_what})\n"
+            f"student held-out acc  {st['heldout_acc']:.4f}  ({st['arch']}, {st['params']:,} params{smaller})\n"
             f"images synthesized    {s['images_synthesized']:,} in {s['synthesis_time_s']:.0f} s of synthesis\n"
+            + queries +
             f"wall time             {s['wall_time_s']:.0f} s ({s['iterations']} iterations"
             f"{', stopped by the time budget' if s.get('stopped_by_budget') else ''})\n"
             + (f"WARNING               the student is at chance level: it learned nothing usable"

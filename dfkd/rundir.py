@@ -33,9 +33,10 @@ def run_dir_of(cfg) -> Path:
     return Path(cfg.paths.runs) / str(cfg.run)
 
 
-# settings a resume may change: where and how long it runs, and what it logs
+# settings a resume may change: where and how long it runs (time, query budget, the service's address), what it logs
 RESUME_MAY_CHANGE = ("resume", "overwrite", "paths.", "plugins", "trainer.max_minutes", "trainer.log_every_n_steps",
-                     "log.", "debug.")
+                     "log.", "debug.", "teacher.max_queries", "teacher.endpoint", "teacher.timeout_s",
+                     "teacher.retries")
 
 
 def resume_checkpoint(cfg) -> Path | None:

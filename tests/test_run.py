@@ -208,7 +208,7 @@ def test_replay_memory_keeps_the_latest_images_with_the_teachers_logits(tmp_path
     assert from_fresh == [8, 8] + [6] * 6                      # ... 6 fresh + 2 replayed once the memory holds any
 
 
-def test_replay_fraction_outside_0_1_is_an_error(tmp_path):
+def test_replay_fraction_outside_0_1_closed_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="replay.fraction"):
         main(compose("zskt_wrn", [f"paths.runs={tmp_path}", *LOOP, *small("zskt_wrn"),
-                                  "distill.replay.capacity=12", "distill.replay.fraction=1.0"]))
+                                  "distill.replay.capacity=12", "distill.replay.fraction=1.5"]))

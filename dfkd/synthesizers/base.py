@@ -44,6 +44,9 @@ class SynthBatch:
     images: torch.Tensor                   # [0,1] image space, N x C x H x W, detached
     targets: torch.Tensor | None = None    # sampled labels, if the method conditions on them
     losses: dict[str, float] = field(default_factory=dict)
+    # the teacher's logits for `images` where synthesis already asked for them (a black box's answers, paid for in
+    # queries): the loop keeps them in its replay memory (distill.replay) instead of asking again
+    teacher_logits: torch.Tensor | None = None
 
 
 @dataclass
@@ -83,6 +86,7 @@ class Synthesizer(nn.Module):
     uses_bn_stats = False          # True: matches teacher BN statistics; teachers without BN are refused
     sets_gradients_by_hand = False  # True: writes .grad itself (meta-gradients); fp16 loss scaling is refused
     bounded_images = True          # False: a BN-headed generator whose images may leave [0,1], as in its paper
+    access = "white"               # what the method needs of the teacher: white | scores | label (dfkd/blackbox.py)
     test_settings: dict = {}       # tiny constructor settings for the contract tests
 
     def __init__(self, batch_size: int, num_classes: int | None = None, image_shape=None, mean=None, std=None):
@@ -156,6 +160,15 @@ class Synthesizer(nn.Module):
         assert t is not None, "synthesizer used before attach()"
         assert not t.training, "the teacher must stay in eval mode (its BN running stats are the target)"
         return t
+
+    def teacher_probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """All a black-box method may see of the teacher: class probabilities, without gradient (a white-box
+        teacher's softmax, or a black box's answers: one query per image)."""
+        from dfkd.blackbox import BlackBoxTeacher
+
+        with torch.no_grad():
+            out = self.teacher(x)
+        return out if isinstance(self.teacher, BlackBoxTeacher) else torch.softmax(out, dim=1)
 
     @property
     def student(self) -> nn.Module:

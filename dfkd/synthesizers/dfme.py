@@ -1,0 +1,74 @@
+"""DFME: Data-Free Model Extraction (Truong et al., CVPR 2021), Sec. 3: DFAD's min-max game when the teacher is a
+black box that returns class probabilities only (`teacher.access=scores`).
+
+    student:    min_S  mean |S(x) - l_T(x)|,   x = G(z)                 (distill.kd_loss=l1, fresh G(z) per step)
+    generator:  max_G  L(x) = mean |S(x) - l_T(x)|
+where l_T(x) = log p_T(x) - mean_j log p_T(x)_j are the teacher's logits recovered from its probabilities
+(Sec. 3.3; `dfkd.blackbox.logits_from_answers`). The teacher gives no gradient, so dL/dx is estimated by forward
+differences along `directions` (m) random unit directions u_i per image (Sec. 3.2, eq. 6):
+
+    grad_x L ~ (1/m) sum_i  d * (L(x + eps u_i) - L(x)) / eps * u_i,    d = C*H*W,
+and back-propagated into G through x (the surrogate sum(x * grad_x)). A generator step costs batch_size * (m + 1)
+queries; each student step costs its fresh images' queries. Paper defaults (CIFAR-10): nz 256, Adam lr_G 5e-4,
+m = 1, eps = 1e-3, batch 256, 5 student steps (SGD lr 0.1) per generator step, an L1 student loss.
+
+Here the generator ends in a Sigmoid, so the images sent are [0,1] images as a service takes them (DFME's
+Tanh -> BN head sends normalized tensors that leave the image range). The teacher's answers for the generator's
+own images, paid for in queries, are passed to the loop's replay memory (`distill.replay`), where they are kept
+for later student steps rather than dropped; DFME itself trains the student on fresh queries only. The forward
+differences need the service to take float images: a service that rounds to 8-bit pixels erases eps-sized steps.
+"""
+from __future__ import annotations
+
+import torch
+
+from dfkd.blackbox import logits_from_answers
+from dfkd.synthesizers.base import SYNTHESIZERS, SynthBatch
+from dfkd.synthesizers.generative import GeneratorSynthesizer
+
+
+def per_image_l1(s_logits: torch.Tensor, t_logits: torch.Tensor) -> torch.Tensor:
+    """|S(x) - l_T(x)| averaged over classes, one value per image."""
+    return (s_logits - t_logits).abs().mean(dim=1)
+
+
+@SYNTHESIZERS.register("dfme")
+class DFME(GeneratorSynthesizer):
+    access = "scores"
+    test_settings = {"batch_size": 8, "nz": 8, "ngf": 4, "directions": 2}
+
+    def __init__(self, batch_size: int = 256, nz: int = 256, ngf: int = 64, lr: float = 5e-4, betas=(0.9, 0.999),
+                 directions: int = 1, epsilon: float = 1e-3, head: str = "tanh_bn", cosine_steps: int | None = None,
+                 **data):
+        super().__init__(batch_size, nz=nz, ngf=ngf, head=head, lr=lr, betas=betas, cosine_steps=cosine_steps,
+                         fresh_samples=True, **data)
+        if int(directions) < 1 or float(epsilon) <= 0:
+            raise ValueError(f"DFME needs directions >= 1 and epsilon > 0, got {directions} and {epsilon}")
+        self.directions, self.epsilon = int(directions), float(epsilon)
+
+    def random_directions(self, x: torch.Tensor) -> torch.Tensor:
+        """m unit directions per image, uniform on the sphere of the image space: [m, N, C, H, W]."""
+        u = self.randn(self.directions, *x.shape)
+        return u / u.flatten(2).norm(dim=2).view(self.directions, x.shape[0], 1, 1, 1)
+
+    def estimate_gradient(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(forward-difference estimate of dL/dx per image, L(x) per image, the teacher's recovered logits at x).
+        One query per image for x and one per image and direction."""
+        u = self.random_directions(x)
+        m, n = u.shape[0], x.shape[0]
+        probes = torch.cat([x, (x.unsqueeze(0) + self.epsilon * u).flatten(0, 1)])  # x, then x + eps u_i
+        t_logits = logits_from_answers(self.teacher_probabilities(probes))
+        with self.scoring_student() as student, torch.no_grad():
+            loss = per_image_l1(student(probes), t_logits)
+        base, moved = loss[:n], loss[n:].view(m, n)
+        d = x[0].numel()
+        slope = d * (moved - base) / self.epsilon                      # [m, N]
+        grad = (slope.view(m, n, 1, 1, 1) * u).mean(0)
+        return grad, base, t_logits[:n]
+
+    def synthesize(self) -> SynthBatch:
+        x = self.generate(self.latents(self.batch_size))
+        grad, loss, t_logits = self.estimate_gradient(x.detach())
+        # ascend L: the surrogate -sum(x * grad) has gradient -grad . dx/dtheta
+        self.generator_step(-(x * grad).sum() / x.shape[0])
+        return SynthBatch(images=x.detach(), losses={"adv": float(-loss.mean())}, teacher_logits=t_logits)
