@@ -118,7 +118,8 @@ def run_one(recipe: str, seed: int, out: Path, minutes: float | None, overrides:
         "fit_time_s": round(s["fit_time_s_total"], 1), "synthesis_time_s": round(s["synthesis_time_s"], 1),
         "images_synthesized": s["images_synthesized"], "iterations": s["iterations"],
         "planned_iterations": s.get("planned_iterations"), "stopped_by_budget": s.get("stopped_by_budget", False),
-        "student_params": st["params"], "compression_ratio": round(s["compression_ratio"], 2) if s["compression_ratio"] else None,
+        "student_params": st["params"],
+        "compression_ratio": round(s["compression_ratio"], 2) if s["compression_ratio"] else None,
         "queries": s.get("queries"), "device": s["device"]})
     return row
 
@@ -228,8 +229,7 @@ def _ratio(a: dict) -> str:
 
 def _queries(a: dict) -> str:
     """Images sent to a black-box teacher; '-' for a white-box one (nothing counted)."""
-    mean = a["queries"][0]
-    return "-" if mean != mean else _pm(a["queries"], 1, "{:,.0f}")  # nan: no run had a black-box teacher
+    return "-" if math.isnan(a["queries"][0]) else _pm(a["queries"], 1, "{:,.0f}")  # nan: no black-box run
 
 
 def write_compact_table(path: Path, rows: list[dict]) -> None:
@@ -277,7 +277,8 @@ def plot(path: Path, rows: list[dict], out: Path, minutes: float | None, title: 
                 pts = [p for p in pts if p["queries"] is not None]
                 if not pts:
                     continue
-            ax.plot([p["queries"] if by_queries else p["fit_seconds"] / 60 for p in pts], [100 * p["heldout_acc"] for p in pts], marker=".",
+            xs = [p["queries"] if by_queries else p["fit_seconds"] / 60 for p in pts]
+            ax.plot(xs, [100 * p["heldout_acc"] for p in pts], marker=".",
                     color=colors[i % len(colors)], label=None if labelled else recipe, alpha=0.9)
             labelled = True
     if minutes and not by_queries:

@@ -50,7 +50,8 @@ def build_teacher(cfg: DictConfig) -> Classifier | BlackBoxTeacher:
     t, d = cfg.teacher, cfg.data
     access_rank(t.access)
     if t.access == "white" and (t.endpoint or t.max_queries is not None or t.top_k is not None):
-        what = "teacher.endpoint" if t.endpoint else "teacher.max_queries" if t.max_queries is not None else "teacher.top_k"
+        what = ("teacher.endpoint" if t.endpoint else
+                "teacher.max_queries" if t.max_queries is not None else "teacher.top_k")
         raise RunError(f"{what} is for a black-box teacher, and teacher.access=white: set teacher.access=scores "
                        f"(probabilities) or teacher.access=label (the predicted class only)")
     if t.endpoint:

@@ -25,8 +25,8 @@ def quiet_expected_warnings() -> None:
 
 def run_line(cfg, teacher_params: int | None, student_params: int, device: str, run_dir) -> str:
     resumed = f", resuming from {cfg.resume if cfg.resume != True else 'last'}.ckpt" if cfg.resume else ""  # noqa: E712
-    seen = (f"{teacher_params:,} params" if teacher_params is not None else
-            f"black box: {cfg.teacher.access}{'' if cfg.teacher.max_queries is None else f', at most {cfg.teacher.max_queries:,} queries'}")
+    budget = "" if cfg.teacher.max_queries is None else f", at most {cfg.teacher.max_queries:,} queries"
+    seen = f"{teacher_params:,} params" if teacher_params is not None else f"black box: {cfg.teacher.access}{budget}"
     return (f"dfkd: recipe {cfg.recipe} | teacher {cfg.teacher.endpoint or cfg.teacher.arch} ({seen}) -> student "
             f"{cfg.student.arch} ({student_params:,}) | synthesizer {cfg.synthesizer.name} | {device} | "
             f"run {run_dir}{resumed}")

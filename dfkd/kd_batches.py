@@ -73,7 +73,7 @@ class KDBatchSource:
         if keep is not None:
             keep = keep.to(x.device)
             x, t_logits = x[keep], t_logits[keep]
-        old_x, old_logits = self.replay.sample(self.batch_size - x.shape[0], self.rng)
+        old_x, old_logits = self.replay.sample(n_replay, self.rng)
         return torch.cat([x, old_x]), torch.cat([t_logits, old_logits])
 
     def remember(self, scored: list[tuple[torch.Tensor, torch.Tensor]]) -> None:

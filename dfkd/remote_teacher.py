@@ -30,13 +30,23 @@ from dfkd.errors import DfkdError
 FORMATS = ("json", "npy")
 
 
+def npy_bytes(arr: np.ndarray) -> bytes:
+    """An array as the bytes of a .npy file (both directions of the npy protocol)."""
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return buf.getvalue()
+
+
+def read_npy(body: bytes) -> np.ndarray:
+    """A .npy file's array, read without pickle: no code runs from a request or an answer."""
+    return np.load(io.BytesIO(body), allow_pickle=False)
+
+
 def encode_request(images: torch.Tensor, fmt: str) -> tuple[bytes, str]:
     arr = images.detach().float().cpu().numpy()
     if fmt == "json":
         return json.dumps({"images": arr.tolist()}).encode(), "application/json"
-    buf = io.BytesIO()
-    np.save(buf, arr, allow_pickle=False)
-    return buf.getvalue(), "application/x-npy"
+    return npy_bytes(arr), "application/x-npy"
 
 
 def decode_answer(body: bytes, fmt: str) -> torch.Tensor:
@@ -50,7 +60,7 @@ def decode_answer(body: bytes, fmt: str) -> torch.Tensor:
                 return torch.tensor(doc["labels"], dtype=torch.int64)
             raise TeacherServiceError(f"the teacher's JSON answer has neither 'probabilities' nor 'labels' "
                                       f"(keys: {sorted(doc)})")
-        arr = np.load(io.BytesIO(body), allow_pickle=False)
+        arr = read_npy(body)
     except (ValueError, TypeError, KeyError) as e:
         raise TeacherServiceError(f"cannot read the teacher's {fmt} answer: {e}") from None
     t = torch.from_numpy(np.ascontiguousarray(arr))

@@ -8,15 +8,14 @@ is a local test double for a real service (one thread per request, no authentica
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import numpy as np
 import torch
 
 from dfkd.checkpoint_io import load_classifier
+from dfkd.remote_teacher import npy_bytes, read_npy
 
 
 def make_server(model: torch.nn.Module, host: str = "127.0.0.1", port: int = 0, labels: bool = False,
@@ -31,7 +30,7 @@ def make_server(model: torch.nn.Module, host: str = "127.0.0.1", port: int = 0, 
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 npy = self.headers.get("Content-Type", "") == "application/x-npy"
                 if npy:
-                    images = torch.from_numpy(np.load(io.BytesIO(body), allow_pickle=False)).float()
+                    images = torch.from_numpy(read_npy(body)).float()
                 else:
                     images = torch.tensor(json.loads(body)["images"], dtype=torch.float32)
                 with lock, torch.no_grad():
@@ -41,9 +40,7 @@ def make_server(model: torch.nn.Module, host: str = "127.0.0.1", port: int = 0, 
                 return
             answer = probs.argmax(1) if labels else probs
             if npy:
-                buf = io.BytesIO()
-                np.save(buf, answer.numpy(), allow_pickle=False)
-                self._send(200, "application/x-npy", buf.getvalue())
+                self._send(200, "application/x-npy", npy_bytes(answer.numpy()))
             else:
                 key = "labels" if labels else "probabilities"
                 self._send(200, "application/json", json.dumps({key: answer.tolist()}).encode())

@@ -89,6 +89,8 @@ def test_dfme_forward_differences_estimate_the_true_gradient():
     torch.testing.assert_close(loss, true_loss.detach())
     cos = F.cosine_similarity(est.flatten(1), true.flatten(1))
     assert (cos > 0.7).all(), cos  # unbiased: d E[u u^T] = I; 3,000 directions in 144 dimensions
+    scale = (est * true).flatten(1).sum(1) / true.flatten(1).pow(2).sum(1)  # the estimate's component along it
+    assert ((scale > 0.85) & (scale < 1.15)).all(), scale  # no lost factor d, no wrong sign
 
 
 def test_a_method_needing_more_access_than_granted_fails_at_start_naming_what_fits(tmp_path):

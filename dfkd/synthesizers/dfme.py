@@ -12,11 +12,13 @@ and back-propagated into G through x (the surrogate sum(x * grad_x)). A generato
 queries; each student step costs its fresh images' queries. Paper defaults (CIFAR-10): nz 256, Adam lr_G 5e-4,
 m = 1, eps = 1e-3, batch 256, 5 student steps (SGD lr 0.1) per generator step, an L1 student loss.
 
-Here the generator ends in a Sigmoid, so the images sent are [0,1] images as a service takes them (DFME's
-Tanh -> BN head sends normalized tensors that leave the image range). The teacher's answers for the generator's
-own images, paid for in queries, are passed to the loop's replay memory (`distill.replay`), where they are kept
-for later student steps rather than dropped; DFME itself trains the student on fresh queries only. The forward
-differences need the service to take float images: a service that rounds to 8-bit pixels erases eps-sized steps.
+The generator's head is DFME's Tanh -> BN (`head: tanh_bn`), its images standardized to the data's mean and std
+and sent unclamped, as the paper sends them (they may leave [0,1]). `head: sigmoid` bounds them, but a fresh
+Sigmoid generator's images are near mid-grey and a LeNet teacher calls them all one class, so the first queries
+teach nothing (docs/notes/black-box.md). The teacher's answers for the generator's own images, paid for in queries,
+are passed to the loop's replay memory (`distill.replay`), where they are kept for later student steps rather than
+dropped; DFME itself trains the student on fresh queries only. The forward differences need the service to take
+float images: a service that rounds to 8-bit pixels erases eps-sized steps.
 """
 from __future__ import annotations
 
