@@ -33,8 +33,8 @@ class IDEAL(GeneratorSynthesizer):
     test_settings = {"batch_size": 8, "nz": 8, "ngf": 4, "g_steps": 2}
 
     def __init__(self, batch_size: int = 256, nz: int = 256, ngf: int = 64, lr: float = 1e-3, betas=(0.5, 0.999),
-                 g_steps: int = 20, info: float = 5.0, **data):
-        super().__init__(batch_size, nz=int(nz) + int(data["num_classes"]), ngf=ngf, head="sigmoid", lr=lr,
+                 g_steps: int = 20, info: float = 5.0, head: str = "sigmoid", **data):
+        super().__init__(batch_size, nz=int(nz) + int(data["num_classes"]), ngf=ngf, head=head, lr=lr,
                          betas=betas, **data)
         self.noise_dim, self.g_steps, self.info = int(nz), int(g_steps), float(info)
 
