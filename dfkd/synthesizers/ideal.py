@@ -15,9 +15,6 @@ Each synthesize() call (a round):
   3. the student learns them with CE on the teacher's labels (distill.kd_loss=ce) from the loop's replay memory
      (distill.replay.fraction=1: every step trains on remembered answers only; no image is asked about twice).
 Defaults follow the paper's CIFAR-10 setting as far as dfkd reads it (nz 256, lr_G 1e-3, info 5).
-`reinit: true` (dfkd's option, not read from the paper) starts every round from a freshly initialized generator and
-Adam state, as CMI does per batch: a generator kept across rounds can settle on one image per label (the teacher's
-agreement with y then stops moving) and the student learns those few images.
 """
 from __future__ import annotations
 
@@ -26,7 +23,6 @@ import torch.nn.functional as F
 
 from dfkd.blackbox import logits_from_answers
 from dfkd.losses import information_entropy_loss
-from dfkd.models.generators import reinitialize
 from dfkd.synthesizers.base import SYNTHESIZERS, SynthBatch
 from dfkd.synthesizers.generative import GeneratorSynthesizer
 
@@ -37,26 +33,10 @@ class IDEAL(GeneratorSynthesizer):
     test_settings = {"batch_size": 8, "nz": 8, "ngf": 4, "g_steps": 2}
 
     def __init__(self, batch_size: int = 256, nz: int = 256, ngf: int = 64, lr: float = 1e-3, betas=(0.5, 0.999),
-                 g_steps: int = 20, info: float = 5.0, head: str = "sigmoid", reinit: bool = False, **data):
+                 g_steps: int = 20, info: float = 5.0, head: str = "sigmoid", **data):
         super().__init__(batch_size, nz=int(nz) + int(data["num_classes"]), ngf=ngf, head=head, lr=lr,
                          betas=betas, **data)
         self.noise_dim, self.g_steps, self.info = int(nz), int(g_steps), float(info)
-        self.reinit, self.rounds = bool(reinit), 0
-
-    def extra_state(self) -> dict:
-        return {**super().extra_state(), "rounds": self.rounds}
-
-    def load_extra_state(self, state: dict) -> None:
-        super().load_extra_state(state)
-        self.rounds = int(state.get("rounds", 0))
-
-    def restart_generator(self) -> None:
-        """A fresh generator (CMI's initialization) and a fresh Adam state. The draw depends on the seed and the
-        round only, so that every DDP rank starts the round from the same weights."""
-        device = next(self.generator.parameters()).device
-        rng = torch.Generator(device=device).manual_seed(int(self.ctx.seed) * 100003 + self.rounds)
-        reinitialize(self.generator, rng)
-        self.opt.state.clear()
 
     def conditioned_latents(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         y = self.sample_targets(n)
@@ -64,9 +44,6 @@ class IDEAL(GeneratorSynthesizer):
 
     def synthesize(self) -> SynthBatch:
         losses = {}
-        if self.reinit:
-            self.restart_generator()
-        self.rounds += 1
         with self.scoring_student() as student:
             for _ in range(self.g_steps):
                 z, y = self.conditioned_latents(self.batch_size)
