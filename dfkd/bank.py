@@ -44,10 +44,19 @@ class SampleBank:
         self.size = min(self.size + n, self.capacity)
         self.added += n
 
-    def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(self, n: int, generator: torch.Generator, balanced: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """n rows drawn with replacement: uniformly, or (`balanced`) each class as often as every other present
+        class, a row of a class drawn uniformly within it (the class: the label, or the argmax of a logit row)."""
         if self.size == 0:
             raise RuntimeError("the sample bank is empty: synthesize before sampling")
-        idx = torch.randint(self.size, (n,), generator=generator, device=generator.device).to(self.images.device)
+        if balanced:
+            labels = self.targets[: self.size]
+            labels = labels.argmax(1) if labels.is_floating_point() else labels.clamp_min(0)
+            weights = 1.0 / torch.bincount(labels).float()[labels]
+            idx = torch.multinomial(weights.to(generator.device), n, replacement=True, generator=generator)
+        else:
+            idx = torch.randint(self.size, (n,), generator=generator, device=generator.device)
+        idx = idx.to(self.images.device)
         return self._decode(self.images[idx]), self.targets[idx]
 
     def state_dict(self) -> dict:

@@ -6,7 +6,8 @@
 - otherwise the latest synthesized batch (ZSKT: `kd_steps` student steps on one pseudo-batch).
 
 `distill.replay` (capacity > 0) adds a replay memory: the last `capacity` teacher-scored images with the teacher's
-logits, replayed as a `fraction` of every KD batch, which keeps its size. Adversarial generators move on to new
+logits, replayed as a `fraction` of every KD batch, which keeps its size; `balanced` draws the teacher's classes (argmax of
+the stored logits) equally often, however unevenly the synthesizer covers them. Adversarial generators move on to new
 images every step and the student forgets the old ones; replaying them counters that (Binici et al.,
 "Preventing catastrophic forgetting and distribution mismatch in knowledge distillation via synthetic data",
 WACV 2022). It is not part of any method's paper.
@@ -28,6 +29,7 @@ class KDBatchSource:
         self.bank = SampleBank(bank["capacity"], bank["dtype"])
         self.replay = SampleBank(int(replay["capacity"]), "float32") if replay["capacity"] else None
         self.replay_fraction = float(replay["fraction"])
+        self.replay_balanced = bool(replay.get("balanced", False))
         if self.replay is not None and not 0.0 < self.replay_fraction <= 1.0:
             raise ValueError(f"distill.replay.fraction must be in (0, 1], got {self.replay_fraction} (1: the student "
                              f"trains on remembered teacher answers only, once the memory holds any)")
@@ -73,7 +75,7 @@ class KDBatchSource:
         if keep is not None:
             keep = keep.to(x.device)
             x, t_logits = x[keep], t_logits[keep]
-        old_x, old_logits = self.replay.sample(n_replay, self.rng)
+        old_x, old_logits = self.replay.sample(n_replay, self.rng, balanced=self.replay_balanced)
         return torch.cat([x, old_x]), torch.cat([t_logits, old_logits])
 
     def remember(self, scored: list[tuple[torch.Tensor, torch.Tensor]]) -> None:

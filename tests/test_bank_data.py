@@ -21,6 +21,26 @@ def test_bank_ring_buffer_wraps_and_round_trips():
     assert torch.equal(bank.sample(4, g1)[0], clone.sample(4, g2)[0])
 
 
+def test_balanced_sampling_draws_each_class_equally_often():
+    """A memory of teacher logits where class 2 is 90 of 100 rows and class 0 the other 10: uniform draws follow
+    that 9:1 split, balanced draws give each present class half, each row of a class equally often."""
+    logits = torch.zeros(100, 3)
+    logits[:10, 0] = 5.0
+    logits[10:, 2] = 5.0
+    bank = SampleBank(100, "float32")
+    bank.add(torch.arange(100.0).view(100, 1, 1, 1) / 100, logits)
+    g = torch.Generator().manual_seed(0)
+    _, uniform = bank.sample(20000, g)
+    images, balanced = bank.sample(20000, g, balanced=True)
+    assert abs(float((uniform.argmax(1) == 0).float().mean()) - 0.1) < 0.01
+    assert abs(float((balanced.argmax(1) == 0).float().mean()) - 0.5) < 0.01   # 10,000 +- 71 (binomial)
+    rows = torch.bincount((images.flatten() * 100).round().long(), minlength=100).float()
+    assert abs(rows[:10].mean() - 1000) < 40 and abs(rows[10:].mean() - 10000 / 90) < 5
+    labelled = SampleBank(4, "uint8")  # a bank of class labels balances on the labels
+    labelled.add(torch.rand(4, 1, 2, 2), torch.tensor([1, 1, 1, 0]))
+    assert abs(float((labelled.sample(8000, g, balanced=True)[1] == 0).float().mean()) - 0.5) < 0.02
+
+
 def test_bank_float16_keeps_values():
     bank = SampleBank(4, "float16")
     x = torch.rand(2, 3, 4, 4)

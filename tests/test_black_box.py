@@ -93,6 +93,36 @@ def test_dfme_forward_differences_estimate_the_true_gradient():
     assert ((scale > 0.85) & (scale < 1.15)).all(), scale  # no lost factor d, no wrong sign
 
 
+def test_dfme_class_balance_term_is_dafls_entropy_of_the_students_view_and_costs_no_queries(monkeypatch):
+    """synthesizer.info: the generator's objective gains info * sum_c pbar_c log10 pbar_c, pbar the batch-mean
+    softmax of the (frozen) student on the generator's images; the teacher is asked nothing more for it."""
+    teacher, student, ctx = tiny_pair()
+    syn = SYNTHESIZERS.build("dfme", batch_size=6, nz=8, ngf=4, directions=2, info=2.0, num_classes=4,
+                             image_shape=(1, 12, 12), mean=[0.5], std=[0.25])
+    syn.attach(teacher, student, ctx)
+    seen, sent, objectives = {}, [], []
+    estimate, ask = syn.estimate_gradient, syn.teacher_probabilities
+
+    def recording_estimate(x):
+        seen["x"], (seen["grad"], *rest) = x, estimate(x)
+        return (seen["grad"], *rest)
+
+    monkeypatch.setattr(syn, "estimate_gradient", recording_estimate)
+    monkeypatch.setattr(syn, "teacher_probabilities", lambda x: sent.append(len(x)) or ask(x))
+    monkeypatch.setattr(syn, "generator_step", objectives.append)
+    batch = syn.synthesize()
+    assert sent == [6 * 3]                                  # x and 2 directions per image, nothing for the balance term
+    x, grad = seen["x"], seen["grad"]
+    with torch.no_grad():
+        p = torch.softmax(student.eval()(x), 1).mean(0)
+    by_hand = -(x * grad).sum() / 6 + 2.0 * (p * torch.log(p) / math.log(10)).sum()
+    torch.testing.assert_close(objectives[0].detach(), by_hand)
+    assert batch.losses["info"] == pytest.approx(float((p * torch.log10(p)).sum()), abs=1e-6)
+    objectives[0].backward()
+    assert all(q.grad is not None for q in syn.generator.parameters() if q.requires_grad)
+    assert all(q.grad is None for q in student.parameters()) and all(q.grad is None for q in teacher.parameters())
+
+
 def test_a_method_needing_more_access_than_granted_fails_at_start_naming_what_fits(tmp_path):
     with pytest.raises(RunError, match=r"'deepinversion' needs white access.*scores.*dfme, ideal"):
         run(tmp_path, "deepinversion_resnet", "teacher.access=scores", *SHORT)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 
 from dfkd.blackbox import logits_from_answers
+from dfkd.losses import information_entropy_loss
 from dfkd.synthesizers.base import SYNTHESIZERS, SynthBatch
 from dfkd.synthesizers.generative import GeneratorSynthesizer
 
@@ -41,12 +42,12 @@ class DFME(GeneratorSynthesizer):
 
     def __init__(self, batch_size: int = 256, nz: int = 256, ngf: int = 64, lr: float = 5e-4, betas=(0.9, 0.999),
                  directions: int = 1, epsilon: float = 1e-3, head: str = "tanh_bn", cosine_steps: int | None = None,
-                 **data):
+                 info: float = 0.0, **data):
         super().__init__(batch_size, nz=nz, ngf=ngf, head=head, lr=lr, betas=betas, cosine_steps=cosine_steps,
                          fresh_samples=True, **data)
         if int(directions) < 1 or float(epsilon) <= 0:
             raise ValueError(f"DFME needs directions >= 1 and epsilon > 0, got {directions} and {epsilon}")
-        self.directions, self.epsilon = int(directions), float(epsilon)
+        self.directions, self.epsilon, self.info = int(directions), float(epsilon), float(info)
 
     def random_directions(self, x: torch.Tensor) -> torch.Tensor:
         """m unit directions per image, uniform on the sphere of the image space: [m, N, C, H, W]."""
@@ -72,5 +73,12 @@ class DFME(GeneratorSynthesizer):
         x = self.generate(self.latents(self.batch_size))
         grad, loss, t_logits = self.estimate_gradient(x.detach())
         # ascend L: the surrogate -sum(x * grad) has gradient -grad . dx/dtheta
-        self.generator_step(-(x * grad).sum() / x.shape[0])
-        return SynthBatch(images=x.detach(), losses={"adv": float(-loss.mean())}, teacher_logits=t_logits)
+        objective = -(x * grad).sum() / x.shape[0]
+        losses = {"adv": float(-loss.mean())}
+        if self.info:
+            with self.scoring_student() as student:
+                balance = information_entropy_loss(student(x))
+            objective = objective + self.info * balance
+            losses["info"] = float(balance.detach())
+        self.generator_step(objective)
+        return SynthBatch(images=x.detach(), losses=losses, teacher_logits=t_logits)
