@@ -21,6 +21,7 @@ class SampleBank:
         self.size = 0   # filled slots
         self.head = 0   # next slot to write
         self.added = 0  # images ever added
+        self._weights: tuple[int, torch.Tensor] | None = None  # (added when computed, balancing weights)
 
     def __len__(self):
         return self.size
@@ -50,14 +51,21 @@ class SampleBank:
         if self.size == 0:
             raise RuntimeError("the sample bank is empty: synthesize before sampling")
         if balanced:
-            labels = self.targets[: self.size]
-            labels = labels.argmax(1) if labels.is_floating_point() else labels.clamp_min(0)
-            weights = 1.0 / torch.bincount(labels).float()[labels]
-            idx = torch.multinomial(weights.to(generator.device), n, replacement=True, generator=generator)
+            idx = torch.multinomial(self._balancing_weights().to(generator.device), n, replacement=True,
+                                    generator=generator)
         else:
             idx = torch.randint(self.size, (n,), generator=generator, device=generator.device)
         idx = idx.to(self.images.device)
         return self._decode(self.images[idx]), self.targets[idx]
+
+    def _balancing_weights(self) -> torch.Tensor:
+        """1 / (rows of its class) for each filled row. A replay memory is sampled by many KD steps between two
+        additions, so the weights (an argmax over every stored logit row) are kept until the next add."""
+        if self._weights is None or self._weights[0] != self.added:
+            labels = self.targets[: self.size]
+            labels = labels.argmax(1) if labels.is_floating_point() else labels.clamp_min(0)
+            self._weights = (self.added, 1.0 / torch.bincount(labels).float()[labels])
+        return self._weights[1]
 
     def state_dict(self) -> dict:
         keep = self.size
@@ -70,6 +78,7 @@ class SampleBank:
         if state["dtype"] != self.dtype:
             raise ValueError(f"checkpoint bank dtype {state['dtype']} != configured {self.dtype}")
         self.size, self.head, self.added = state["size"], state["head"], state["added"]
+        self._weights = None
         if state["images"] is None:
             self.images = self.targets = None
             return

@@ -6,9 +6,9 @@
 - otherwise the latest synthesized batch (ZSKT: `kd_steps` student steps on one pseudo-batch).
 
 `distill.replay` (capacity > 0) adds a replay memory: the last `capacity` teacher-scored images with the teacher's
-logits, replayed as a `fraction` of every KD batch, which keeps its size; `balanced` draws the teacher's classes (argmax of
-the stored logits) equally often, however unevenly the synthesizer covers them. Adversarial generators move on to new
-images every step and the student forgets the old ones; replaying them counters that (Binici et al.,
+logits, replayed as a `fraction` of every KD batch, which keeps its size; `balanced` draws the teacher's classes
+(argmax of the stored logits) equally often, however unevenly the synthesizer covers them. Adversarial generators
+move on to new images every step and the student forgets the old ones; replaying them counters that (Binici et al.,
 "Preventing catastrophic forgetting and distribution mismatch in knowledge distillation via synthetic data",
 WACV 2022). It is not part of any method's paper.
 

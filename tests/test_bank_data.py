@@ -27,7 +27,7 @@ def test_balanced_sampling_draws_each_class_equally_often():
     logits = torch.zeros(100, 3)
     logits[:10, 0] = 5.0
     logits[10:, 2] = 5.0
-    bank = SampleBank(100, "float32")
+    bank = SampleBank(110, "float32")
     bank.add(torch.arange(100.0).view(100, 1, 1, 1) / 100, logits)
     g = torch.Generator().manual_seed(0)
     _, uniform = bank.sample(20000, g)
@@ -36,6 +36,9 @@ def test_balanced_sampling_draws_each_class_equally_often():
     assert abs(float((balanced.argmax(1) == 0).float().mean()) - 0.5) < 0.01   # 10,000 +- 71 (binomial)
     rows = torch.bincount((images.flatten() * 100).round().long(), minlength=100).float()
     assert abs(rows[:10].mean() - 1000) < 40 and abs(rows[10:].mean() - 10000 / 90) < 5
+    bank.add(torch.zeros(10, 1, 1, 1), torch.tensor([[0.0, 5.0, 0.0]]).expand(10, 3))  # a third class arrives
+    newest = bank.sample(30000, g, balanced=True)[1].argmax(1)
+    assert abs(float((newest == 1).float().mean()) - 1 / 3) < 0.01   # the weights follow the memory's contents
     labelled = SampleBank(4, "uint8")  # a bank of class labels balances on the labels
     labelled.add(torch.rand(4, 1, 2, 2), torch.tensor([1, 1, 1, 0]))
     assert abs(float((labelled.sample(8000, g, balanced=True)[1] == 0).float().mean()) - 0.5) < 0.02

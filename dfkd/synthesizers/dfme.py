@@ -22,8 +22,10 @@ dropped; DFME itself trains the student on fresh queries only.
 `info` (default 0, the paper) adds DAFL's class-balance term (Chen et al. 2019, eq. 4) to the generator's objective,
 computed on the student's softmax for the generator's images: info * sum_c pbar_c log10 pbar_c. It costs no
 queries (the student is the user's own model) and counters the game's drift to a few of the teacher's classes: on
-the MNIST LeNet, a DFME generator's queries fall 0-3 % in each of four classes (docs/notes/black-box.md). The forward differences need the service to take
-float images: a service that rounds to 8-bit pixels erases eps-sized steps.
+the MNIST LeNet, a DFME generator's queries fall 0-3 % in each of four classes (docs/notes/black-box.md).
+
+The forward differences need the service to take float images: a service that rounds to 8-bit pixels erases
+eps-sized steps.
 """
 from __future__ import annotations
 
