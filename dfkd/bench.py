@@ -6,6 +6,7 @@
     python -m dfkd.bench dafl_lenet dfad_lenet --seeds 0 1 2
     python -m dfkd.bench --seeds 0 1 2 --jobs 18 --set trainer.accelerator=gpu   # all at once on one GPU
     python -m dfkd.bench --throughput             # synthesis / distillation speed at paper scale (dfkd.throughput)
+    python -m dfkd.bench --suite cifar10 --set data.root=... --resume   # run only what an earlier sitting left
 
 Each (recipe, seed) is a separate `python -m dfkd.cli recipe=... seed=...` process (a crash or a divergence
 costs that run only; its log is kept in `<out>/logs/`). Results come from each run's own files: summary.json
@@ -14,6 +15,10 @@ accuracy-vs-time plot. Writes, after every run (an interrupted benchmark keeps w
 
     <out>/results.md   <out>/results.csv   <out>/accuracy_vs_time.png   <out>/runs/<recipe>_s<seed>/
     <out>/readme_table.md (the README's table: one line per recipe)
+
+With `--resume`, a (recipe, seed) whose run folder already holds a finished run with the same settings (its
+summary.json, and a recipe.yaml equal to what this command would run) is read back instead of run again, so a
+sitting longer than one session is made in parts; results.md says which rows were read back.
 """
 from __future__ import annotations
 
@@ -96,21 +101,54 @@ def run_one(recipe: str, seed: int, out: Path, minutes: float | None, overrides:
     log = out / "logs" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     runs = out / "runs"
-    cmd = [sys.executable, "-m", "dfkd.cli", f"recipe={recipe}", f"run={name}", f"seed={seed}",
-           f"paths.runs={runs}", "overwrite=true", *overrides]
-    if minutes is not None:
-        cmd.append(f"trainer.max_minutes={minutes}")
+    cmd = [sys.executable, "-m", "dfkd.cli", *run_args(recipe, seed, out, minutes, overrides)]
     t0 = time.perf_counter()
     with log.open("w") as f:
         f.write(" ".join(cmd) + "\n")
         f.flush()
         rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
     row = {"recipe": recipe, "seed": seed, "log": str(log), "wall_time_s": round(time.perf_counter() - t0, 1)}
-    summary_file = runs / name / "summary.json"
-    if rc != 0 or not summary_file.is_file():
+    if rc != 0 or not (runs / name / "summary.json").is_file():
         row["status"] = f"failed (exit {rc}, see log)"
         return row
-    s = json.loads(summary_file.read_text())
+    return read_run(recipe, seed, out)
+
+
+def run_args(recipe: str, seed: int, out: Path, minutes: float | None, overrides: list[str]) -> list[str]:
+    """The recipe overrides of one bench run (the `python -m dfkd.cli` command line after the module)."""
+    name = f"{recipe}_s{seed}"
+    extra = [f"trainer.max_minutes={minutes}"] if minutes is not None else []
+    return [f"recipe={recipe}", f"run={name}", f"seed={seed}", f"paths.runs={out / 'runs'}", "overwrite=true",
+            *overrides, *extra]
+
+
+# what may differ between a bench run and a finished run it reuses (`--resume`): where files go, what is logged
+REUSE_MAY_CHANGE = ("resume", "overwrite", "paths.", "log.", "trainer.log_every_n_steps")
+
+
+def finished_run(recipe: str, seed: int, out: Path, minutes: float | None, overrides: list[str]) -> dict | None:
+    """With `--resume`: the results row of a run this bench would make that an earlier sitting already finished in
+    `out` (its summary.json is there and its recipe.yaml has the same settings), or None: it must run."""
+    from dfkd.config import compose
+    from dfkd.rundir import settings_changed
+
+    run_dir = out / "runs" / f"{recipe}_s{seed}"
+    if not (run_dir / "summary.json").is_file() or not (run_dir / "recipe.yaml").is_file():
+        return None
+    args = [a for a in run_args(recipe, seed, out, minutes, overrides) if not a.startswith("recipe=")]
+    changed = settings_changed(compose(recipe, args), run_dir, may_change=REUSE_MAY_CHANGE)
+    if changed:
+        print(f"{run_dir.name}: the finished run there has other settings ({', '.join(changed[:3])}"
+              f"{', ...' if len(changed) > 3 else ''}): running it again", flush=True)
+        return None
+    return {**read_run(recipe, seed, out), "reused": True}
+
+
+def read_run(recipe: str, seed: int, out: Path) -> dict:
+    """The results row of a finished run, from its summary.json."""
+    name = f"{recipe}_s{seed}"
+    row = {"recipe": recipe, "seed": seed, "log": str(out / "logs" / f"{name}.log")}
+    s = json.loads((out / "runs" / name / "summary.json").read_text())
     t, st = s["teacher"], s["student"]
     row.update({
         "synthesizer": s["synthesizer"], "status": "ok", "teacher": describe(t), "student": describe(st),
@@ -197,6 +235,13 @@ def write_markdown(path: Path, rows: list[dict], args, command: str, started: st
         f"- budget: {budget}; seeds: {', '.join(map(str, seeds))} (mean ± sample std over seeds)",
         f"- accuracy: top-1 on {SUITES[args.suite]}, never used for training or model selection; the exported "
         "student is the run's final one",
+    ]
+    reused = [f"{r['recipe']} seed {r['seed']}" for r in rows if r.get("reused")]
+    if reused:
+        lines.append(f"- resumed (`--resume`): {len(reused)} of {len(rows)} runs were measured by an earlier command "
+                     f"into this folder and read back, not run again ({', '.join(reused)}); the minutes above are "
+                     "this command's")
+    lines += [
         "",
         "| recipe | method | teacher -> student | teacher acc % | student acc % | student / teacher | "
         "before distillation % | wall time s | synthesis s | images synthesized | student params | compression | "
@@ -314,20 +359,32 @@ def run_bench(args, command: str) -> int:
     started, t0 = dt.datetime.now().isoformat(timespec="seconds"), time.perf_counter()
     jobs = [(r, s) for r in recipes for s in args.seeds]
     rows: list[dict] = []
+    if args.resume:
+        rows = [row for r, s in jobs if (row := finished_run(r, s, out, args.minutes, args.set))]
+        jobs = [(r, s) for r, s in jobs if not any(row["recipe"] == r and row["seed"] == s for row in rows)]
+        if rows:
+            print(f"--resume: {len(rows)} finished runs read back from {out / 'runs'}", flush=True)
     print(f"{len(jobs)} runs, {args.jobs} at a time; logs in {out / 'logs'}", flush=True)
+    n = len(rows) + len(jobs)
+
+    def write_results() -> None:
+        rows.sort(key=lambda r: (recipes.index(r["recipe"]), r["seed"]))
+        write_csv(out / "results.csv", rows)
+        write_compact_table(out / "readme_table.md", rows)
+        write_markdown(out / "results.md", rows, args, command, started, time.perf_counter() - t0)
+        plot(out / "accuracy_vs_time.png", rows, out, args.minutes, args.suite)
+        if any(r.get("queries") is not None for r in rows):  # black-box recipes: their cost is queries
+            plot(out / "accuracy_vs_queries.png", rows, out, None, args.suite, by_queries=True)
+
+    if not jobs:
+        write_results()
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:  # each run is its own process; threads only wait
         done = [pool.submit(run_one, recipe, seed, out, args.minutes, args.set) for recipe, seed in jobs]
-        for i, future in enumerate(as_completed(done), 1):
+        for i, future in enumerate(as_completed(done), n - len(jobs) + 1):
             row = future.result()
             rows.append(row)
-            rows.sort(key=lambda r: (recipes.index(r["recipe"]), r["seed"]))
-            _report_row(i, len(jobs), row)
-            write_csv(out / "results.csv", rows)
-            write_compact_table(out / "readme_table.md", rows)
-            write_markdown(out / "results.md", rows, args, command, started, time.perf_counter() - t0)
-            plot(out / "accuracy_vs_time.png", rows, out, args.minutes, args.suite)
-            if any(r.get("queries") is not None for r in rows):  # black-box recipes: their cost is queries
-                plot(out / "accuracy_vs_queries.png", rows, out, None, args.suite, by_queries=True)
+            _report_row(i, n, row)
+            write_results()
     print(f"\nwrote {out / 'results.md'}, {out / 'results.csv'}, {out / 'accuracy_vs_time.png'} "
           f"({(time.perf_counter() - t0) / 60:.1f} min)")
     print((out / "results.md").read_text())
@@ -372,6 +429,9 @@ def cli(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=1,
                     help="runs at a time (default 1: on a small CPU, concurrent runs slow each other; on a GPU or "
                          "many cores, more)")
+    ap.add_argument("--resume", action="store_true",
+                    help="read back the runs an earlier command finished into --out with the same settings "
+                         "(their summary.json and recipe.yaml) instead of running them again; run the rest")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="overrides applied to every run (e.g. trainer.accelerator=cpu)")
     ap.add_argument("--throughput", action="store_true",

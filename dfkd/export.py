@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+import dfkd.config  # noqa: F401  (registers ${dfkd_teachers:}, which a run's recipe.yaml may hold)
 from dfkd.checkpoint_io import build_classifier, clean_state_dict, load_classifier, read_checkpoint, save_model_file
 from dfkd.errors import CheckpointError, DfkdError
 

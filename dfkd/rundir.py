@@ -64,11 +64,30 @@ def prepare_run_dir(cfg: DictConfig) -> Path:
             p = run_dir / name
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_text(run_dir / "recipe.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        write_text(run_dir / "recipe.yaml", portable_yaml(cfg))
     except OSError as e:
         raise RunError(f"cannot write the run folder {run_dir}: {e.strerror or e}. Make it writable, or choose "
                        f"another place with paths.runs=/writable/folder.") from None
     return run_dir
+
+
+def portable_yaml(cfg: DictConfig) -> str:
+    """The resolved recipe as YAML, with the shipped teachers' folder written as `${dfkd_teachers:}` (resolved again
+    when read): a run folder, and a resume or `bench --resume` of it, stays valid when the checkout moves."""
+    from dfkd.resources import TEACHERS_DIR
+
+    shipped = str(TEACHERS_DIR)
+
+    def relocatable(v):
+        if isinstance(v, dict):
+            return {k: relocatable(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [relocatable(x) for x in v]
+        if isinstance(v, str) and v.startswith(shipped + "/"):
+            return "${dfkd_teachers:}" + v[len(shipped):]
+        return v
+
+    return OmegaConf.to_yaml(OmegaConf.create(relocatable(to_plain(cfg))))
 
 
 def check_resume(cfg: DictConfig, run_dir: Path) -> None:
@@ -94,15 +113,23 @@ def check_resume(cfg: DictConfig, run_dir: Path) -> None:
     stored = _stored_recipe(run_dir)
     if stored.get("recipe") not in (None, cfg.recipe):
         raise RunError(f"{run_dir} holds a run of recipe '{stored['recipe']}', not '{cfg.recipe}'.")
-    now, then = _flat(to_plain(cfg)), _flat(stored)
-    changed = [k for k in sorted(now.keys() | then.keys())
-               if not k.startswith(RESUME_MAY_CHANGE) and then.get(k) != now.get(k)]
+    changed = settings_changed(cfg, run_dir)
     if changed:
+        now, then = _flat(to_plain(cfg)), _flat(stored)
         lines = "\n".join(f"  {k}: the run has {then.get(k)!r}, this command {now.get(k)!r}" for k in changed[:10])
         more = f"\n  ... and {len(changed) - 10} more" if len(changed) > 10 else ""
         raise RunError(f"{run_dir} was started with other settings, which a resume cannot change:\n{lines}{more}\n"
                        f"Resume with the run's own settings (its recipe.yaml), or start a new run with "
                        f"run=<new name>.")
+
+
+def settings_changed(cfg, run_dir: Path, may_change: tuple[str, ...] = RESUME_MAY_CHANGE) -> list[str]:
+    """The settings (dotted keys) in which `cfg` differs from the run folder's recipe.yaml, leaving out those
+    starting with a prefix in `may_change` (by default those a resume may change): empty when `cfg` would continue
+    that run."""
+    now, then = _flat(to_plain(cfg)), _flat(_stored_recipe(run_dir))
+    return [k for k in sorted(now.keys() | then.keys())
+            if not k.startswith(may_change) and then.get(k) != now.get(k)]
 
 
 def _readable(path: Path) -> bool:

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from dfkd.bench import against_baseline, aggregate, embedded_recipes, mean_std, seconds_to_reach
+from dfkd.bench import against_baseline, aggregate, embedded_recipes, finished_run, mean_std, seconds_to_reach
 from dfkd.callbacks import append_curve, read_curve
 from dfkd.export import load_student
 
@@ -115,6 +115,19 @@ def test_bench_command_writes_table_csv_and_plot(tmp_path):
     assert "seeds: 3" in md and "budget: 5 minutes" in md
     png = (bench / "accuracy_vs_time.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+    # --resume reads the finished runs back instead of running them again, but only those with the same settings
+    summaries = {p: p.stat().st_mtime_ns for p in (bench / "runs").glob("*/summary.json")}
+    res = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert res.returncode == 0 and "--resume: 2 finished runs read back" in res.stdout, res.stdout + res.stderr
+    assert {p: p.stat().st_mtime_ns for p in summaries} == summaries  # nothing ran again
+    with (bench / "results.csv").open() as f:
+        assert list(csv.DictReader(f)) == rows
+    assert "2 of 2 runs were measured by an earlier command" in (bench / "results.md").read_text()
+    assert finished_run("dafl_lenet", 3, bench, 5, tiny)["student_acc"] == float(rows[0]["student_acc"])
+    assert finished_run("dafl_lenet", 3, bench, 6, tiny) is None  # another time budget
+    assert finished_run("dafl_lenet", 3, bench, 5, [*tiny, "distill.tau=2"]) is None  # another setting
+    assert finished_run("dafl_lenet", 4, bench, 5, tiny) is None  # never run
 
 
 def test_bench_rejects_unknown_recipe(tmp_path, capsys):

@@ -68,3 +68,18 @@ def test_every_recipe_sets_only_options_the_primary_config_declares():
         for section in ("distill", "bank", "train", "log", "debug", "paths", "trainer"):
             extra = set(cfg[section]) - set(base[section])
             assert not extra, f"{recipe}: {section}.{extra} is not declared in recipes/base.yaml"
+
+
+def test_run_folder_recipe_names_the_shipped_teachers_folder_not_this_checkout(tmp_path):
+    """recipe.yaml keeps `${dfkd_teachers:}` for a shipped teacher, so a run (or a bench sitting) resumes, and
+    `bench --resume` reads it back, from another clone of the repository; read back, it is the same recipe."""
+    from dfkd.resources import TEACHERS_DIR
+    from dfkd.rundir import portable_yaml, settings_changed
+
+    cfg = compose("fastdfkd_cifar10", ["data.root=data/cifar10/train.tar.gz", "run=r"])
+    text = portable_yaml(cfg)
+    assert "checkpoint: ${dfkd_teachers:}/resnet20_cifar10.pt" in text and str(TEACHERS_DIR) not in text
+    (tmp_path / "recipe.yaml").write_text(text)
+    assert settings_changed(cfg, tmp_path) == []
+    own = compose("fastdfkd_cifar10", ["data.root=data/cifar10/train.tar.gz", "run=r", "teacher.checkpoint=/x/t.pt"])
+    assert settings_changed(own, tmp_path) == ["teacher.checkpoint"]  # a teacher of one's own is not the shipped one
