@@ -101,7 +101,7 @@ def run_one(recipe: str, seed: int, out: Path, minutes: float | None, overrides:
     log = out / "logs" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     runs = out / "runs"
-    cmd = [sys.executable, "-m", "dfkd.cli", *run_args(recipe, seed, out, minutes, overrides)]
+    cmd = [sys.executable, "-m", "dfkd.cli", f"recipe={recipe}", *run_args(recipe, seed, out, minutes, overrides)]
     t0 = time.perf_counter()
     with log.open("w") as f:
         f.write(" ".join(cmd) + "\n")
@@ -115,11 +115,9 @@ def run_one(recipe: str, seed: int, out: Path, minutes: float | None, overrides:
 
 
 def run_args(recipe: str, seed: int, out: Path, minutes: float | None, overrides: list[str]) -> list[str]:
-    """The recipe overrides of one bench run (the `python -m dfkd.cli` command line after the module)."""
-    name = f"{recipe}_s{seed}"
+    """The overrides one bench run applies to its recipe (its command line after `recipe=`)."""
     extra = [f"trainer.max_minutes={minutes}"] if minutes is not None else []
-    return [f"recipe={recipe}", f"run={name}", f"seed={seed}", f"paths.runs={out / 'runs'}", "overwrite=true",
-            *overrides, *extra]
+    return [f"run={recipe}_s{seed}", f"seed={seed}", f"paths.runs={out / 'runs'}", "overwrite=true", *overrides, *extra]
 
 
 # what may differ between a bench run and a finished run it reuses (`--resume`): where files go, what is logged
@@ -135,8 +133,8 @@ def finished_run(recipe: str, seed: int, out: Path, minutes: float | None, overr
     run_dir = out / "runs" / f"{recipe}_s{seed}"
     if not (run_dir / "summary.json").is_file() or not (run_dir / "recipe.yaml").is_file():
         return None
-    args = [a for a in run_args(recipe, seed, out, minutes, overrides) if not a.startswith("recipe=")]
-    changed = settings_changed(compose(recipe, args), run_dir, may_change=REUSE_MAY_CHANGE)
+    changed = settings_changed(compose(recipe, run_args(recipe, seed, out, minutes, overrides)), run_dir,
+                               may_change=REUSE_MAY_CHANGE)
     if changed:
         print(f"{run_dir.name}: the finished run there has other settings ({', '.join(changed[:3])}"
               f"{', ...' if len(changed) > 3 else ''}): running it again", flush=True)
@@ -361,7 +359,8 @@ def run_bench(args, command: str) -> int:
     rows: list[dict] = []
     if args.resume:
         rows = [row for r, s in jobs if (row := finished_run(r, s, out, args.minutes, args.set))]
-        jobs = [(r, s) for r, s in jobs if not any(row["recipe"] == r and row["seed"] == s for row in rows)]
+        read_back = {(row["recipe"], row["seed"]) for row in rows}
+        jobs = [job for job in jobs if job not in read_back]
         if rows:
             print(f"--resume: {len(rows)} finished runs read back from {out / 'runs'}", flush=True)
     print(f"{len(jobs)} runs, {args.jobs} at a time; logs in {out / 'logs'}", flush=True)

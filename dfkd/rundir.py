@@ -113,10 +113,10 @@ def check_resume(cfg: DictConfig, run_dir: Path) -> None:
     stored = _stored_recipe(run_dir)
     if stored.get("recipe") not in (None, cfg.recipe):
         raise RunError(f"{run_dir} holds a run of recipe '{stored['recipe']}', not '{cfg.recipe}'.")
-    changed = settings_changed(cfg, run_dir)
+    changed = _differences(cfg, stored, RESUME_MAY_CHANGE)
     if changed:
-        now, then = _flat(to_plain(cfg)), _flat(stored)
-        lines = "\n".join(f"  {k}: the run has {then.get(k)!r}, this command {now.get(k)!r}" for k in changed[:10])
+        lines = "\n".join(f"  {k}: the run has {then!r}, this command {now!r}"
+                          for k, (then, now) in list(changed.items())[:10])
         more = f"\n  ... and {len(changed) - 10} more" if len(changed) > 10 else ""
         raise RunError(f"{run_dir} was started with other settings, which a resume cannot change:\n{lines}{more}\n"
                        f"Resume with the run's own settings (its recipe.yaml), or start a new run with "
@@ -127,9 +127,14 @@ def settings_changed(cfg, run_dir: Path, may_change: tuple[str, ...] = RESUME_MA
     """The settings (dotted keys) in which `cfg` differs from the run folder's recipe.yaml, leaving out those
     starting with a prefix in `may_change` (by default those a resume may change): empty when `cfg` would continue
     that run."""
-    now, then = _flat(to_plain(cfg)), _flat(_stored_recipe(run_dir))
-    return [k for k in sorted(now.keys() | then.keys())
-            if not k.startswith(may_change) and then.get(k) != now.get(k)]
+    return list(_differences(cfg, _stored_recipe(run_dir), may_change))
+
+
+def _differences(cfg, stored: dict, may_change: tuple[str, ...]) -> dict[str, tuple]:
+    """{dotted key: (stored value, value in cfg)} for every setting that differs, but those `may_change`."""
+    now, then = _flat(to_plain(cfg)), _flat(stored)
+    return {k: (then.get(k), now.get(k)) for k in sorted(now.keys() | then.keys())
+            if not k.startswith(may_change) and then.get(k) != now.get(k)}
 
 
 def _readable(path: Path) -> bool:
