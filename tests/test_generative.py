@@ -57,9 +57,10 @@ def test_cosine_steps_decays_the_generator_lr_to_zero(name):
     assert seen == pytest.approx(expected, abs=1e-12) and seen[-1] == pytest.approx(0.0, abs=1e-12)
 
 
+@pytest.mark.parametrize("name", ["dafl", "dfad"])
 @pytest.mark.parametrize("head, bounded", [("tanh_bn", False), ("sigmoid", True)])
-def test_dafl_head_decides_whether_images_stay_in_the_unit_range(head, bounded):
-    syn, *_ = build("dafl", head=head)
+def test_generator_head_decides_whether_images_stay_in_the_unit_range(name, head, bounded):
+    syn, *_ = build(name, head=head)
     x = syn.synthesize().images
     assert syn.bounded_images is bounded
     assert x.shape == (8, 1, 12, 12)

@@ -9,6 +9,7 @@ its BN statistics on adversarial batches). Generator: DAFL's trunk with default 
 Defaults: MNIST settings (nz 100, Adam lr_G 1e-3, constant). `cosine_steps` decays lr_G over that many generator
 steps, as the student's schedule decays (the CIFAR script's `--scheduler` decays both): a generator that keeps its
 full lr while the student's goes to zero wins the game at the end and the student's held-out accuracy falls.
+`head="sigmoid"` (not in the paper) emits [0,1] images directly instead of the normalized-space Tanh -> BN head.
 """
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ from dfkd.synthesizers.generative import GeneratorSynthesizer
 class DFAD(GeneratorSynthesizer):
     test_settings = {"batch_size": 8, "nz": 8, "ngf": 4, "cosine_steps": 10}
     def __init__(self, batch_size: int = 512, nz: int = 100, ngf: int = 64, lr: float = 1e-3, betas=(0.9, 0.999),
-                 cosine_steps: int | None = None, **data):
-        super().__init__(batch_size, nz=nz, ngf=ngf, head="tanh_bn", lr=lr, betas=betas, cosine_steps=cosine_steps,
+                 cosine_steps: int | None = None, head: str = "tanh_bn", **data):
+        super().__init__(batch_size, nz=nz, ngf=ngf, head=head, lr=lr, betas=betas, cosine_steps=cosine_steps,
                          fresh_samples=True, **data)
 
     def synthesize(self) -> SynthBatch:
