@@ -88,10 +88,12 @@ def embedded_recipes() -> list[str]:
 
 
 def describe(model: dict) -> str:
-    """`resnet8(width=0.5)`, `tucker(lenet5: conv3)`: the architecture with the arguments that set its size."""
+    """`resnet8(width=0.5)`, `tucker(lenet5: conv3)`, `tucker(resnet20: 19 convs)`: the architecture with the
+    arguments that set its size (a Tucker student's layers named up to three, counted beyond, to fit a table)."""
     kw = model.get("arch_kwargs") or {}
     if model["arch"] == "tucker":
-        return f"tucker({kw.get('base')}: {', '.join(kw.get('layers', []))})"
+        layers = list(kw.get("layers", []))
+        return f"tucker({kw.get('base')}: {', '.join(layers) if len(layers) <= 3 else f'{len(layers)} convs'})"
     return model["arch"] + (f"({', '.join(f'{k}={v}' for k, v in kw.items())})" if kw else "")
 
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from dfkd.bench import against_baseline, aggregate, embedded_recipes, finished_run, mean_std, seconds_to_reach
+from dfkd.bench import against_baseline, aggregate, describe, embedded_recipes, finished_run, mean_std, seconds_to_reach
 from dfkd.callbacks import append_curve, read_curve
 from dfkd.export import load_student
 
@@ -56,6 +56,15 @@ def test_time_to_deepinversions_final_accuracy_is_read_off_the_curves(tmp_path):
     assert against_baseline(rows, tmp_path) == [
         "- seed 0: fast reaches di's final 60.0 % after 120 s of training, **0.40x** di's 300 s",
         "- seed 0: slow never reaches di's final 60.0 %"]
+
+
+def test_describe_names_the_architecture_and_what_sets_its_size():
+    assert describe({"arch": "resnet8", "arch_kwargs": {"width": 0.5}}) == "resnet8(width=0.5)"
+    assert describe({"arch": "tucker", "arch_kwargs": {"base": "lenet5", "layers": ["conv2", "conv3"]}}) \
+        == "tucker(lenet5: conv2, conv3)"
+    convs = [f"layer{i}.conv" for i in range(19)]
+    assert describe({"arch": "tucker", "arch_kwargs": {"base": "resnet20", "layers": convs}}) \
+        == "tucker(resnet20: 19 convs)"
 
 
 def test_embedded_recipes_are_the_cpu_distillation_recipes():
