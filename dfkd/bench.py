@@ -129,19 +129,27 @@ REUSE_MAY_CHANGE = ("resume", "overwrite", "paths.", "log.", "trainer.log_every_
 def finished_run(recipe: str, seed: int, out: Path, minutes: float | None, overrides: list[str]) -> dict | None:
     """With `--resume`: the results row of a run this bench would make that an earlier sitting already finished in
     `out` (its summary.json is there and its recipe.yaml has the same settings), or None: it must run."""
-    from dfkd.config import compose
-    from dfkd.rundir import settings_changed
-
     run_dir = out / "runs" / f"{recipe}_s{seed}"
     if not (run_dir / "summary.json").is_file() or not (run_dir / "recipe.yaml").is_file():
         return None
-    changed = settings_changed(compose(recipe, run_args(recipe, seed, out, minutes, overrides)), run_dir,
-                               may_change=REUSE_MAY_CHANGE)
+    changed = settings_not_reusable(recipe, seed, out, minutes, overrides)
     if changed:
         print(f"{run_dir.name}: the finished run there has other settings ({', '.join(changed[:3])}"
               f"{', ...' if len(changed) > 3 else ''}): running it again", flush=True)
         return None
     return {**read_run(recipe, seed, out), "reused": True}
+
+
+def settings_not_reusable(recipe: str, seed: int, out: Path, minutes: float | None, overrides: list[str]) -> list[str]:
+    """The settings in which the finished run in `out` differs from the one this bench would make, leaving out where
+    files go and what the run itself filled in (a Tucker student's ranks): empty when the run can be read back."""
+    from dfkd.build import filled_in_by_build
+    from dfkd.config import compose
+    from dfkd.rundir import settings_changed
+
+    cfg = compose(recipe, run_args(recipe, seed, out, minutes, overrides))
+    return [k for k in settings_changed(cfg, out / "runs" / f"{recipe}_s{seed}", may_change=REUSE_MAY_CHANGE)
+            if not filled_in_by_build(k, cfg)]
 
 
 def read_run(recipe: str, seed: int, out: Path) -> dict:

@@ -128,6 +128,16 @@ def build_student(cfg: DictConfig, teacher: Classifier) -> Classifier:
                             p.input_size, p.resize, d.mean, d.std)
 
 
+def filled_in_by_build(key: str, cfg: DictConfig) -> bool:
+    """Whether a setting (dotted key) of a run's recipe.yaml is one `build_student` wrote there because `cfg` left
+    it to the run: a Tucker student's base, ranks and (when `layers` is null) its list of decomposed layers."""
+    kw = to_plain(cfg.student).get("arch_kwargs") or {}
+    if cfg.student.arch != "tucker" or "ranks" in kw:
+        return False
+    filled = ("base", "base_kwargs", "ranks") + (() if kw.get("layers") else ("layers",))
+    return any(key == f"student.arch_kwargs.{f}" or key.startswith(f"student.arch_kwargs.{f}.") for f in filled)
+
+
 def build_synthesizer(cfg: DictConfig, teacher: torch.nn.Module | None = None) -> Synthesizer:
     """The recipe's synthesizer, told what the data looks like; with `teacher`, checked against it (a method
     that matches BatchNorm statistics refuses a teacher without BatchNorm here, before anything runs)."""

@@ -9,7 +9,8 @@ import sys
 import pytest
 import torch
 
-from dfkd.bench import against_baseline, aggregate, describe, embedded_recipes, finished_run, mean_std, seconds_to_reach
+from dfkd.bench import (against_baseline, aggregate, describe, embedded_recipes, finished_run, mean_std, run_args,
+                        seconds_to_reach, settings_not_reusable)
 from dfkd.callbacks import append_curve, read_curve
 from dfkd.export import load_student
 
@@ -96,6 +97,26 @@ def test_time_budget_stops_the_run_and_exports_its_final_student(tmp_path, capsy
     with torch.no_grad():
         acc = (load_student(tmp_path / "b").eval()(x).argmax(1) == y).float().mean().item()
     assert acc == pytest.approx(s["student"]["heldout_acc"], abs=1e-6)
+
+
+def test_resume_reads_back_a_tucker_run_whose_ranks_the_run_chose(tmp_path):
+    """A kegnet run writes the ranks it chose into its recipe.yaml; `--resume` must still know it as the same run."""
+    from dfkd.build import build_student, build_teacher
+    from dfkd.config import compose
+    from dfkd.rundir import portable_yaml
+
+    out = tmp_path / "bench"
+    cfg = compose("kegnet_lenet", run_args("kegnet_lenet", 0, out, None, []))
+    build_student(cfg, build_teacher(cfg))  # fills in student.arch_kwargs: base, ranks, layers
+    assert "ranks" in cfg.student.arch_kwargs
+    run_dir = out / "runs" / "kegnet_lenet_s0"
+    run_dir.mkdir(parents=True)
+    (run_dir / "recipe.yaml").write_text(portable_yaml(cfg))
+    assert settings_not_reusable("kegnet_lenet", 0, out, None, []) == []
+    assert settings_not_reusable("kegnet_lenet", 0, out, None, ["student.arch_kwargs.rank=0.5"]) \
+        == ["student.arch_kwargs.rank"]  # a rank the user asks for is a setting, not a fill-in
+    assert settings_not_reusable("kegnet_lenet", 0, out, None, ["student.arch_kwargs.layers=[conv2]"]) \
+        == ["student.arch_kwargs.layers"]
 
 
 @pytest.mark.slow
