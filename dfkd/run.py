@@ -27,7 +27,8 @@ from dfkd.data import StepDataset, build_splits
 from dfkd.distill import DistillModule, at_chance
 from dfkd.models import count_params
 from dfkd.console import quiet_expected_warnings, run_line
-from dfkd.rundir import RunError, is_rank_zero, prepare_run_dir, resume_checkpoint, run_dir_of, versions, write_json
+from dfkd.rundir import (RunError, is_rank_zero, prepare_run_dir, relocatable, resume_checkpoint, run_dir_of, versions,
+                         write_json)
 from dfkd.trainer import best_score, build_timer, build_trainer, device_of, stopped_by_budget
 
 
@@ -139,7 +140,7 @@ def _finish(cfg, run_dir, module, trainer, splits, teacher, student, teacher_acc
     return {
         "recipe": cfg.recipe, "run": str(cfg.run), "synthesizer": cfg.synthesizer.name, "seed": int(cfg.seed),
         "resumed": bool(cfg.resume),
-        "teacher": {"arch": cfg.teacher.arch, "checkpoint": cfg.teacher.checkpoint, "endpoint": cfg.teacher.endpoint,
+        "teacher": {"arch": cfg.teacher.arch, "checkpoint": relocatable(cfg.teacher.checkpoint), "endpoint": cfg.teacher.endpoint,
                     "access": cfg.teacher.access, "params": t_params, "heldout_acc": teacher_acc},
         "student": {"arch": cfg.student.arch, "arch_kwargs": to_plain(cfg.student)["arch_kwargs"] or {},
                     "params": count_params(student.model), "heldout_acc": student_acc,

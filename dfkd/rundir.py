@@ -74,20 +74,22 @@ def prepare_run_dir(cfg: DictConfig) -> Path:
 def portable_yaml(cfg: DictConfig) -> str:
     """The resolved recipe as YAML, with the shipped teachers' folder written as `${dfkd_teachers:}` (resolved again
     when read): a run folder, and a resume or `bench --resume` of it, stays valid when the checkout moves."""
+    return OmegaConf.to_yaml(OmegaConf.create(relocatable(to_plain(cfg))))
+
+
+def relocatable(value):
+    """`value` (a plain container or string) with every path into the shipped teachers' folder written as
+    `${dfkd_teachers:}/...`, so that it names the same file wherever the checkout is."""
     from dfkd.resources import TEACHERS_DIR
 
-    shipped = str(TEACHERS_DIR)
-
-    def relocatable(v):
-        if isinstance(v, dict):
-            return {k: relocatable(x) for k, x in v.items()}
-        if isinstance(v, list):
-            return [relocatable(x) for x in v]
-        if isinstance(v, str) and v.startswith(shipped + "/"):
-            return "${dfkd_teachers:}" + v[len(shipped):]
-        return v
-
-    return OmegaConf.to_yaml(OmegaConf.create(relocatable(to_plain(cfg))))
+    if isinstance(value, dict):
+        return {k: relocatable(x) for k, x in value.items()}
+    if isinstance(value, list):
+        return [relocatable(x) for x in value]
+    shipped = str(TEACHERS_DIR) + "/"
+    if isinstance(value, str) and value.startswith(shipped):
+        return "${dfkd_teachers:}/" + value[len(shipped):]
+    return value
 
 
 def check_resume(cfg: DictConfig, run_dir: Path) -> None:

@@ -138,6 +138,7 @@ def test_bench_command_writes_table_csv_and_plot(tmp_path):
         assert summary["budget_minutes"] == 5.0 and summary["seed"] == int(r["seed"])
         assert len(read_curve(run / "curve.csv")) == 3  # two epochs and the final score
         assert "checkpoint: ${dfkd_teachers:}/lenet5_mnist.pt" in (run / "recipe.yaml").read_text()  # relocatable
+        assert summary["teacher"]["checkpoint"] == "${dfkd_teachers:}/lenet5_mnist.pt"
     md = (bench / "results.md").read_text()
     assert "| dafl_lenet | dafl | lenet5 -> lenet5_half |" in md and "| dfad_lenet | dfad |" in md
     assert "Published results (for reference; not measured by dfkd)" in md
