@@ -140,8 +140,9 @@ def _finish(cfg, run_dir, module, trainer, splits, teacher, student, teacher_acc
     return {
         "recipe": cfg.recipe, "run": str(cfg.run), "synthesizer": cfg.synthesizer.name, "seed": int(cfg.seed),
         "resumed": bool(cfg.resume),
-        "teacher": {"arch": cfg.teacher.arch, "checkpoint": relocatable(cfg.teacher.checkpoint), "endpoint": cfg.teacher.endpoint,
-                    "access": cfg.teacher.access, "params": t_params, "heldout_acc": teacher_acc},
+        "teacher": {"arch": cfg.teacher.arch, "checkpoint": relocatable(cfg.teacher.checkpoint),
+                    "endpoint": cfg.teacher.endpoint, "access": cfg.teacher.access, "params": t_params,
+                    "heldout_acc": teacher_acc},
         "student": {"arch": cfg.student.arch, "arch_kwargs": to_plain(cfg.student)["arch_kwargs"] or {},
                     "params": count_params(student.model), "heldout_acc": student_acc,
                     "weights": (f"moving average of the student's weights (distill.ema_decay={module.ema_decay})"
