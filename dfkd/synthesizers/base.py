@@ -204,6 +204,10 @@ class Synthesizer(nn.Module):
         and the teacher sees exactly what the generator made)."""
         return x_normalized * self.data_std + self.data_mean
 
+    def unit(self, x: torch.Tensor) -> torch.Tensor:
+        """A generator's output in [0,1] image space: as it is from a bounded (Sigmoid) head, else `to_unit`."""
+        return x if self.bounded_images else self.to_unit(x)
+
     def average_gradients(self, params) -> None:
         """Average the .grad of `params` over DDP ranks: for parameters a method steps from gradients it computed
         itself (torch.autograd.grad), which DDP's backward hooks never see."""

@@ -30,8 +30,7 @@ class GeneratorSynthesizer(Synthesizer):
     def generate(self, z: torch.Tensor) -> torch.Tensor:
         """[0,1]-space images from latents (the generator stays in train mode: batch statistics, as the papers)."""
         self.generator.train()
-        x = self.generator(z)
-        return x if self.generator.head == "sigmoid" else self.to_unit(x)
+        return self.unit(self.generator(z))
 
     def latents(self, n: int) -> torch.Tensor:
         return self.randn(n, self.nz)

@@ -71,8 +71,7 @@ class IDEAL(Synthesizer):
         self._generator.to(ctx.device)
 
     def generate(self, z: torch.Tensor) -> torch.Tensor:
-        x = self._generator(z)
-        return x if self._generator.head == "sigmoid" else self.to_unit(x)
+        return self.unit(self._generator(z))
 
     def synthesize(self) -> SynthBatch:
         g = self._generator.train()

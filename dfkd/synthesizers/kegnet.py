@@ -66,10 +66,6 @@ class KegNet(Synthesizer):
         self.generators[k].train(n > 1)  # batch statistics, except for a single sample
         return y, z, self.generators[k](F.one_hot(y, self.num_classes).float(), z)
 
-    def unit(self, x: torch.Tensor) -> torch.Tensor:
-        """A generator's output in [0,1] image space."""
-        return x if self.bounded_images else self.to_unit(x)
-
     def loss_terms(self, k: int, y, z, x) -> dict[str, torch.Tensor]:
         """Every term of generator k's loss for its images x (generator output space), unweighted; the terms
         beyond the paper only when their weight is on."""
