@@ -2,7 +2,7 @@
 """dfkd entry point: `python train.py recipe=NAME [key=value ...]` (see `python train.py --help`)."""
 import sys
 
-from dfkd.cli import main
+from dfkd.runs.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

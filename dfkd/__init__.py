@@ -5,7 +5,7 @@ __version__ = "0.1.0"
 
 def load_student(path):
     """Rebuild an exported student (`checkpoints/<run>/student.pt`): eval-mode module, [0,1] images in, logits out."""
-    from dfkd.export import load_student as _load
+    from dfkd.runs.export import load_student as _load
 
     return _load(path)
 

@@ -12,6 +12,10 @@ from __future__ import annotations
 import torch.nn as nn
 
 
+# the differentiable augmentation of FastDFKD, CMI and NAYER on CIFAR (their papers' and scripts' setting)
+CIFAR_AUGMENT = ({"name": "RandomCrop", "size": [32, 32], "padding": 4}, {"name": "RandomHorizontalFlip"})
+
+
 def build_augment(items) -> nn.Module:
     if not items:
         return nn.Identity()

@@ -15,3 +15,16 @@ class CheckpointError(DfkdError, ValueError):
     def __init__(self, message: str, pickled_objects: bool = False):
         super().__init__(message)
         self.pickled_objects = pickled_objects
+
+
+class RunError(DfkdError, RuntimeError):
+    """The run cannot start as asked; the message says what to do instead."""
+
+
+class DivergenceError(DfkdError, FloatingPointError):
+    """A loss, the synthetic images or the weights became NaN/inf, or the student stayed at chance; the run stops,
+    and no checkpoint is written from the diverged state."""
+
+
+# how the chance guard's error begins; the benchmark reads it in a run's log (dfkd.bench.suite.failure_status)
+STILL_AT_CHANCE = "the student is still at chance"

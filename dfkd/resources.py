@@ -1,5 +1,5 @@
 """Where the recipes and the shipped teachers are: inside the installed package (`pip install .` puts the
-repository's `recipes/` and `checkpoints/teachers/` there as dfkd/recipes and dfkd/teachers), or, in a source
+repository's `recipes/` and `checkpoints/teachers/` there as dfkd/recipes and dfkd/assets/teachers), or, in a source
 checkout or an editable install, at the top of the repository."""
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _package_or_repo(name: str, repo_path: str) -> Path:
-    packaged = files("dfkd") / name
+    packaged = files("dfkd").joinpath(*name.split("/"))
     if packaged.is_dir():
         return Path(str(packaged))
     return REPO_ROOT / repo_path
 
 
 RECIPES_DIR = _package_or_repo("recipes", "recipes")
-TEACHERS_DIR = _package_or_repo("teachers", "checkpoints/teachers")
+TEACHERS_DIR = _package_or_repo("assets/teachers", "checkpoints/teachers")

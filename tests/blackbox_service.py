@@ -2,7 +2,7 @@
 counting every image it is asked about (the test compares that count with the run's own)."""
 import torch
 
-from dfkd.checkpoint_io import load_classifier
+from dfkd.models.files import load_classifier
 from dfkd.resources import TEACHERS_DIR
 
 images_seen = 0

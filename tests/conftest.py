@@ -2,7 +2,7 @@
 folders) are imported first, so every registered synthesizer, built-in or plug-in, is under test."""
 import pytest
 
-from dfkd.plugins import recipe_plugins
+from dfkd.runs.plugins import recipe_plugins
 
 recipe_plugins()
 
@@ -13,3 +13,25 @@ def tiny():
     from tests.helpers import tiny_pair
 
     return tiny_pair()
+
+
+@pytest.fixture
+def http_teacher():
+    """start(labels=False) -> the URL of the shipped LeNet-5 served over HTTP on 127.0.0.1 (closed afterwards)."""
+    import threading
+
+    from dfkd.teachers.serve import make_server
+    from tests.helpers import shipped_lenet
+
+    servers = []
+
+    def start(labels=False):
+        server = make_server(shipped_lenet(), port=0, labels=labels)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield start
+    for s in servers:
+        s.shutdown()
+        s.server_close()

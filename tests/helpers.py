@@ -9,9 +9,10 @@ from pathlib import Path
 
 import torch
 
-from dfkd.checkpoint_io import build_classifier
-from dfkd.config import compose, list_recipes
+from dfkd.models.files import build_classifier
+from dfkd.runs.config import compose, list_recipes
 from dfkd.synthesizers import SYNTHESIZERS, SynthContext
+from dfkd.teachers import WhiteBoxTeacher
 
 ROOT = Path(__file__).resolve().parents[1]
 LOOP = ["distill.epochs=2", "distill.iterations_per_epoch=2", "distill.synth_every=1", "distill.kd_steps=1",
@@ -57,7 +58,7 @@ def recipe_of_each_synthesizer() -> dict[str, str]:
 
 def run(tmp_path, recipe: str, *overrides) -> dict:
     """One run in this process; its summary."""
-    from dfkd.run import main
+    from dfkd.runs.run import main
 
     return main(compose(recipe, [f"paths.runs={tmp_path}", *overrides]))
 
@@ -76,7 +77,8 @@ def load_ckpt(path):
 
 
 def tiny_pair(seed: int = 0, image_size: int = 12, channels: int = 1, num_classes: int = 4):
-    """A random ResNet-8 teacher with non-trivial BN running statistics, a smaller student, and their context."""
+    """A random ResNet-8 teacher (a frozen `WhiteBoxTeacher`) with non-trivial BN running statistics, a smaller
+    student, and their context."""
     torch.manual_seed(seed)
     mk = lambda w: build_classifier("resnet8", {"width": w}, num_classes, channels, image_size, image_size,  # noqa: E731
                                     "pad", [0.5] * channels, [0.25] * channels)
@@ -85,7 +87,7 @@ def tiny_pair(seed: int = 0, image_size: int = 12, channels: int = 1, num_classe
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 1.5)
-    teacher.eval().requires_grad_(False)
+    teacher = WhiteBoxTeacher(teacher)  # frozen, as the loop holds it
     ctx = SynthContext(num_classes, (channels, image_size, image_size), (0.5,) * channels, (0.25,) * channels,
                        torch.device("cpu"), seed=seed)
     return teacher, student, ctx
@@ -101,3 +103,73 @@ def assert_teacher_untouched(teacher, before):
         assert p.grad is None, "a gradient reached the teacher"
     for k, v in teacher.state_dict().items():
         assert torch.equal(v, before[k]), f"teacher state {k} changed (BN running stats must not move)"
+
+
+# tiny synthesizers on `tiny_pair`, for the per-method tests
+DATA = dict(num_classes=4, image_shape=(1, 12, 12), mean=[0.5], std=[0.25])
+GENERATOR_CASES = {
+    "dafl": dict(batch_size=8, ngf=4, nz=8, lr=0.01),
+    "dfad": dict(batch_size=8, ngf=4, nz=8),
+    "zskt": dict(batch_size=8, ngf=4, nz=8, cosine_steps=10),
+    "fastdfkd": dict(batch_size=8, ngf=4, nz=8, g_steps=3, adversarial_after=0, reset_l0_at=None,
+                     augment=[{"name": "RandomCrop", "size": [12, 12], "padding": 1}]),
+    "kegnet": dict(batch_size=8, generators=2, nz=4, beta=1.0),
+}
+
+
+def tiny_synthesizer(name: str, settings: dict, rank: int = 0, seed: int = 0):
+    """Synthesizer `name` with `settings`, checked against and attached to a `tiny_pair`: (synth, teacher, student)."""
+    teacher, student, ctx = tiny_pair(seed=seed)
+    ctx.rank = rank
+    torch.manual_seed(123)  # identical generator init on every "rank", as DDP's broadcast guarantees
+    syn = SYNTHESIZERS.build(name, **settings, **DATA)
+    syn.check_teacher(teacher)
+    syn.attach(teacher, student, ctx)
+    return syn, teacher, student
+
+
+def build_case(name: str, rank: int = 0, seed: int = 0, **overrides):
+    """A generator method at its `GENERATOR_CASES` settings."""
+    return tiny_synthesizer(name, {**GENERATOR_CASES[name], **overrides}, rank, seed)
+
+
+def build_tiny(name: str, rank: int = 0, **overrides):
+    """A method at its class's `test_settings`."""
+    return tiny_synthesizer(name, {**SYNTHESIZERS.get(name).test_settings, **overrides}, rank)
+
+
+def bn_loss_by_hand(bn_inputs, n_layers):
+    """DeepInversion eq. 4 summed over layers: L2 norms of the mean and biased-variance differences."""
+    return sum(torch.sqrt(((x.mean((0, 2, 3)) - m.running_mean) ** 2).sum())
+               + torch.sqrt(((x.var((0, 2, 3), unbiased=False) - m.running_var) ** 2).sum())
+               for m, x in bn_inputs[:n_layers])
+
+
+def shipped_lenet():
+    """The shipped LeNet-5 MNIST teacher."""
+    from dfkd.models.files import load_classifier
+    from dfkd.resources import TEACHERS_DIR
+
+    return load_classifier(TEACHERS_DIR / "lenet5_mnist.pt")
+
+
+# black-box runs: a short loop with a replay memory
+BLACK_BOX_LOOP = [*LOOP, "distill.batch_size=8", "distill.replay.capacity=256", "distill.replay.fraction=0.75"]
+
+
+def check_run_folder(run_dir, iterations=4, channels=1, size=28):
+    """A finished run's folder holds every artifact, and its exported student takes images."""
+    import json
+
+    import dfkd
+
+    for name in ("last.ckpt", "best.ckpt", "recipe.yaml", "summary.json", "student.pt", "samples.png", "curve.csv"):
+        assert (run_dir / name).is_file(), name
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    s = json.loads((run_dir / "summary.json").read_text())
+    assert s["images_synthesized"] >= 2 * 8 and s["iterations"] == iterations
+    assert 0 <= s["student"]["heldout_acc"] <= 1 and s["synthesis_time_s"] > 0
+    assert {"torch", "pytorch_lightning", "timm", "kornia"} <= set(s["versions"])
+    student = dfkd.load_student(run_dir / "student.pt")
+    assert student(torch.rand(2, channels, size, size)).shape == (2, 10)
+    return s

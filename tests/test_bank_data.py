@@ -1,8 +1,8 @@
 import torch
 
-from dfkd.bank import SampleBank
+from dfkd.loop.bank import SampleBank
 from dfkd.data import embedded_mnist_splits
-from dfkd.preprocess import Preprocess
+from dfkd.models.classifier import Preprocess
 
 
 def test_bank_ring_buffer_wraps_and_round_trips():
@@ -73,14 +73,22 @@ def test_preprocess_pads_then_normalizes():
 def test_replay_keeps_the_kd_batch_size_when_the_synthesized_batch_is_larger():
     """A synthesized batch of 200 beside a KD batch of 8: fraction 0.75 keeps 2 fresh rows, fraction 1 none (a
     label-only teacher would otherwise be asked about the round's images a second time)."""
-    from dfkd.kd_batches import KDBatchSource
+    from dfkd.loop.kd_batches import KDBatchSource
+    from dfkd.synthesizers.base import SynthBatch
+
+    class NoSample:  # a synthesizer whose KD batches come from its latest batch
+        def sample(self, n):
+            return None
 
     for fraction, fresh in ((0.75, 2), (1.0, 0)):
         source = KDBatchSource(8, {"enabled": False, "capacity": 10, "dtype": "float32"},
                                {"capacity": 16, "fraction": fraction})
         source.start(torch.device("cpu"), 0, 0)
         source.remember([(torch.rand(4, 1, 2, 2), torch.eye(4))])
-        keep = source.fresh_rows(200)
-        assert len(keep) == fresh
-        x, t = source.with_replay(torch.rand(200, 1, 2, 2), torch.zeros(200, 4), keep)
-        assert x.shape[0] == t.shape[0] == 8
+        synthesized = torch.rand(200, 1, 2, 2)
+        source.latest = SynthBatch(synthesized)
+        for ask_every_row in (True, False):  # a white box sees every drawn row, a black box only those kept
+            source.start(torch.device("cpu"), 0, 0, ask_every_row=ask_every_row)
+            batch = source.next(NoSample(), augment=lambda x: x)
+            assert batch.asked.shape[0] == (200 if ask_every_row else fresh) and batch.fresh.shape[0] == fresh
+            assert batch.student_input.shape[0] == batch.targets(torch.zeros(len(batch.asked), 4)).shape[0] == 8

@@ -7,12 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dfkd.build import build_teacher
-from dfkd.config import compose
+from dfkd.teachers.build import build_teacher
+from dfkd.runs.config import compose
 from dfkd.data import embedded_mnist_splits
 from dfkd.errors import DfkdError
 from dfkd.models import build_model
-from dfkd.rundir import RunError
+from dfkd.errors import RunError
 from tests.helpers import LOOP, run, small, train
 
 OWN_NORM = ["teacher.mean=[0.5]", "teacher.std=[0.5]"]
@@ -51,7 +51,8 @@ def test_an_own_teacher_distills_through_the_command_line(teachers, tmp_path, na
     ext = "pth" if name == "timm" else "pt"
     out = train(tmp_path, "fastdfkd_resnet", "teacher=custom", f"teacher.arch={arch}",
                 f"teacher.checkpoint={teachers}/{name}.{ext}", *OWN_NORM, f"run={name}", "distill.epochs=6",
-                "distill.iterations_per_epoch=8", "synthesizer.batch_size=32", "distill.batch_size=64")
+                "distill.iterations_per_epoch=8", "synthesizer.batch_size=32", "distill.batch_size=64",
+                "distill.stop_at_chance_after=null")  # 48 iterations: judged at the end, not at half time
     assert f"teacher {arch}" in out.stdout and "one synthesized batch of 32 images took" in out.stdout
     s = json.loads((tmp_path / name / "summary.json").read_text())
     assert s["teacher"]["heldout_acc"] > 0.8

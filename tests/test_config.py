@@ -1,6 +1,6 @@
 import pytest
 
-from dfkd.config import ConfigError, compose, list_recipes, to_plain
+from dfkd.runs.config import ConfigError, compose, list_recipes, to_plain
 
 RECIPES = list_recipes()
 
@@ -51,7 +51,7 @@ def test_invalid_values_are_rejected_with_the_key():
 
 
 def test_help_lists_recipes_and_an_unknown_recipe_is_a_clear_error(capsys):
-    from dfkd.cli import main
+    from dfkd.runs.cli import main
 
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
@@ -74,7 +74,7 @@ def test_run_folder_recipe_names_the_shipped_teachers_folder_not_this_checkout(t
     """recipe.yaml keeps `${dfkd_teachers:}` for a shipped teacher, so a run (or a bench sitting) resumes, and
     `bench --resume` reads it back, from another clone of the repository; read back, it is the same recipe."""
     from dfkd.resources import TEACHERS_DIR
-    from dfkd.rundir import portable_yaml, settings_changed
+    from dfkd.runs.rundir import portable_yaml, settings_changed
 
     cfg = compose("fastdfkd_cifar10", ["data.root=data/cifar10/train.tar.gz", "run=r"])
     text = portable_yaml(cfg)

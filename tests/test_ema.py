@@ -4,8 +4,8 @@ import torch
 import torch.nn as nn
 
 import dfkd
-from dfkd.ema import ema_decay_at, student_average
-from dfkd.export import export_run
+from dfkd.loop.ema import ema_decay_at, student_average
+from dfkd.runs.export import export_run
 from tests.helpers import LOOP, load_ckpt, run, small
 
 

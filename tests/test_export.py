@@ -3,10 +3,10 @@ import pytest
 import torch
 
 import dfkd
-from dfkd.checkpoint_io import clean_state_dict
-from dfkd.export import cli, export_run
-from dfkd.config import compose
-from dfkd.run import main
+from dfkd.models.files import clean_state_dict
+from dfkd.runs.export import cli, export_run
+from dfkd.runs.config import compose
+from dfkd.runs.run import main
 from tests.helpers import LOOP, small
 
 
@@ -27,7 +27,7 @@ def test_exported_student_rebuilds_from_the_file_alone_and_matches_the_checkpoin
     assert not student.training
     x = torch.rand(5, 1, 28, 28)  # [0,1] images at MNIST's native size: preprocessing is inside
     ck = torch.load(run_dir / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
-    from dfkd.checkpoint_io import build_classifier
+    from dfkd.models.files import build_classifier
 
     ref = build_classifier("resnet8", {"width": 0.5}, 10, 1, 28, 28, "pad", [0.1307], [0.3081]).eval()
     ref.model.load_state_dict({k[len("student.model."):]: v for k, v in ck.items() if k.startswith("student.model.")})

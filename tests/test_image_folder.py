@@ -7,10 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from dfkd.config import compose
+from dfkd.runs.config import compose
 from dfkd.data import build_splits
 from dfkd.errors import DfkdError
-from dfkd.image_folder import load_image_folder, split_last_per_class
+from dfkd.data.image_folder import load_image_folder, split_last_per_class
 
 CLASSES = ["truck", "airplane", "cat"]  # sorted: airplane 0, cat 1, truck 2
 
@@ -77,7 +77,7 @@ def test_a_missing_source_says_what_to_give(tmp_path):
 
 
 def test_a_cifar_teacher_recipe_trains_on_an_archive(tree, tmp_path):
-    from dfkd.run import main
+    from dfkd.runs.run import main
 
     archive = archive_of(tree, tmp_path / "train.tar.gz")
     s = main(compose("teacher_resnet20_cifar10", [f"paths.runs={tmp_path}", "run=t", f"data.root={archive}",

@@ -1,11 +1,18 @@
 """Every loss term against a hand computation on tiny tensors."""
 import math
 
+import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from dfkd.hooks import BNStatHooks
-from dfkd.losses import bn_stat_loss, image_l2, js_divergence, kd_kl, kd_l1, tv_l1, tv_l2
+from dfkd.losses import (attention_map, attention_transfer, bn_stat_loss, decision_adversarial_loss, feature_regression,
+                         image_l2, instance_contrastive_loss, js_divergence, kd_hard_label, kd_kl, kd_kl_elementwise,
+                         kd_l1, mean_negative_entropy, tv_l1, tv_l2)
+from dfkd.synthesizers.dafl import activation_loss, information_entropy_loss, one_hot_loss
+from dfkd.synthesizers.kegnet import diversity_loss
+from dfkd.teachers.black_box import logits_from_answers
 
 
 def test_kd_kl_matches_hand_computation():
@@ -118,9 +125,15 @@ def test_bn_hooks_refuse_a_model_without_batchnorm():
 # -- analytic gradients of every differentiable term agree with finite differences (float64) -------------
 
 def _gradcheck_cases():
-    from dfkd.losses import (attention_transfer, decision_adversarial_loss, feature_regression,
-                             information_entropy_loss, instance_contrastive_loss, kd_kl_elementwise,
-                             mean_negative_entropy)
+    from dfkd.losses import (
+        attention_transfer,
+        decision_adversarial_loss,
+        feature_regression,
+        information_entropy_loss,
+        instance_contrastive_loss,
+        kd_kl_elementwise,
+        mean_negative_entropy,
+    )
     from dfkd.synthesizers.dafl import activation_loss
     from dfkd.synthesizers.kegnet import diversity_loss
 
@@ -151,3 +164,88 @@ def _gradcheck_cases():
 def test_every_differentiable_loss_term_passes_gradcheck():
     for name, (fn, x) in _gradcheck_cases().items():
         assert torch.autograd.gradcheck(fn, (x.requires_grad_(),), eps=1e-6, atol=1e-5), name
+
+
+def test_information_entropy_uses_log10_of_the_batch_mean():
+    logits = torch.log(torch.tensor([[0.5, 0.5], [0.9, 0.1]]))
+    p = [0.7, 0.3]
+    assert math.isclose(information_entropy_loss(logits).item(), sum(v * math.log10(v) for v in p), rel_tol=1e-5)
+
+
+def test_activation_and_one_hot_losses():
+    f = torch.tensor([[1.0, -3.0], [0.0, 2.0]])
+    assert activation_loss(f).item() == -1.5
+    logits = torch.tensor([[2.0, 0.0]])
+    assert math.isclose(one_hot_loss(logits).item(), -math.log(math.exp(2) / (math.exp(2) + 1)), rel_tol=1e-6)
+
+
+def test_kl_elementwise_is_kl_over_classes():
+    s, t = torch.randn(3, 5), torch.randn(3, 5)
+    ref = F.kl_div(F.log_softmax(s, 1), F.softmax(t, 1), reduction="mean")
+    assert torch.allclose(kd_kl_elementwise(s, t), ref, atol=1e-6)
+    assert torch.allclose(kd_kl_elementwise(s, t) * 5, kd_kl(s, t), atol=1e-6)
+
+
+def test_attention_transfer_matches_hand_computation():
+    fs = torch.zeros(1, 2, 1, 2)
+    fs[0, :, 0, 0] = torch.tensor([1.0, 1.0])   # channel mean of squares: [1, 0]
+    ft = torch.zeros(1, 1, 1, 2)
+    ft[0, 0, 0] = torch.tensor([3.0, 4.0])      # [9, 16] -> normalized [9/sqrt(337), 16/sqrt(337)]
+    a_t = [9 / math.sqrt(337), 16 / math.sqrt(337)]
+    hand = ((1 - a_t[0]) ** 2 + (0 - a_t[1]) ** 2) / 2
+    assert torch.allclose(attention_map(fs), torch.tensor([[1.0, 0.0]]))
+    assert math.isclose(attention_transfer(fs, ft).item(), hand, rel_tol=1e-5)
+
+
+def test_feature_regression_matches_hand_computation_and_refuses_unequal_shapes():
+    fs = torch.tensor([[[[1.0, 2.0]], [[0.0, -1.0]]]])   # 1 x 2 x 1 x 2
+    ft = torch.tensor([[[[3.0, 2.0]], [[1.0, 1.0]]]])
+    hand = ((1 - 3) ** 2 + 0 + (0 - 1) ** 2 + (-1 - 1) ** 2) / 4
+    assert math.isclose(feature_regression(fs, ft).item(), hand, rel_tol=1e-6)
+    with pytest.raises(ValueError, match="kind=at"):
+        feature_regression(fs, ft[:, :1])
+
+
+def test_decision_adversarial_only_counts_agreeing_samples():
+    t = torch.tensor([[2.0, 0.0], [2.0, 0.0]])
+    s = torch.tensor([[1.0, 0.0], [0.0, 1.0]])  # sample 0 agrees with the teacher, sample 1 does not
+    pt = F.softmax(t[0], 0)
+    ps = F.softmax(s[0], 0)
+    kl0 = (pt * (pt.log() - ps.log())).sum().item()
+    assert math.isclose(decision_adversarial_loss(s, t).item(), -kl0 / 2, rel_tol=1e-5)
+
+
+def test_kegnet_diversity_loss_matches_hand_computation():
+    z = torch.tensor([[0.0, 0.0], [1.0, 3.0]])         # d_z(0,1) = (1 + 9) / 2 = 5
+    x = torch.tensor([[0.0, 0.0, 0.0], [1.0, 2.0, 3.0]])  # d_x(0,1) = 2
+    # pairs (i, j) over the 2x2 grid: two off-diagonal entries of 5 * 2, two zero diagonal entries
+    assert math.isclose(diversity_loss(z, x).item(), math.exp(-(10 + 10) / 4), rel_tol=1e-6)
+
+
+def test_instance_contrastive_loss_matches_hand_computation():
+    a = torch.tensor([[3.0, 4.0], [1.0, 0.0]])            # normalized: (0.6, 0.8), (1, 0)
+    k = torch.tensor([[0.0, 2.0], [1.0, 0.0], [0.0, -1.0]])  # normalized: (0, 1), (1, 0), (0, -1)
+    tau = 0.5
+    sims = [[0.8, 0.6, -0.8], [0.0, 1.0, 0.0]]
+    expected = sum(-math.log(math.exp(row[i] / tau) / sum(math.exp(v / tau) for v in row))
+                   for i, row in enumerate(sims)) / 2
+    assert instance_contrastive_loss(a, k, tau).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_logit_recovery_and_hard_label_loss_by_hand():
+    p = torch.tensor([[0.5, 0.25, 0.25]])
+    logs = [math.log(0.5), math.log(0.25), math.log(0.25)]
+    mean = sum(logs) / 3
+    torch.testing.assert_close(logits_from_answers(p), torch.tensor([[v - mean for v in logs]]))
+    s = torch.tensor([[2.0, 0.0, 1.0]])
+    t = logits_from_answers(torch.tensor([[0.0, 0.0, 1.0]]))  # a label-only answer: class 2
+    expected = -(1.0 - math.log(math.exp(2) + 1 + math.e))
+    assert kd_hard_label(s, t).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_ideal_information_term_by_hand():
+    """mean over images and classes of p ln p: for p = (0.5, 0.25, 0.25) and a uniform (1/3, 1/3, 1/3) row."""
+    logits = torch.tensor([[math.log(0.5), math.log(0.25), math.log(0.25)], [0.0, 0.0, 0.0]])
+    row0 = 0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25)
+    row1 = 3 * (1 / 3) * math.log(1 / 3)
+    assert mean_negative_entropy(logits).item() == pytest.approx((row0 + row1) / 6, rel=1e-6)

@@ -7,9 +7,9 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.plugins.precision import MixedPrecision
 
-import dfkd.distill as distill
-from dfkd.config import compose
-from dfkd.run import main
+import dfkd.loop.module as distill
+from dfkd.runs.config import compose
+from dfkd.runs.run import main
 from tests.helpers import LOOP, small
 
 

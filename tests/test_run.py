@@ -6,29 +6,17 @@ import json
 import pytest
 import torch
 
-import dfkd
-from dfkd.build import build_student, build_synthesizer, build_teacher, image_shape
-from dfkd.config import compose
-from dfkd.run import main
-from dfkd.errors import DfkdError
-from dfkd.rundir import RunError
+from dfkd.data import image_shape
+from dfkd.errors import DfkdError, RunError
+from dfkd.runs.build import build_student, build_synthesizer
+from dfkd.runs.config import compose
+from dfkd.runs.run import main
 from dfkd.synthesizers import SynthContext
-from tests.helpers import FAKE, LOOP, distill_recipes, embedded_distill_recipes, load_ckpt, run, small, train
+from dfkd.teachers.build import build_teacher
+from tests.helpers import (FAKE, LOOP, check_run_folder, distill_recipes, embedded_distill_recipes, load_ckpt, run,
+                           small, train)
 
 PAPER_SCALE = sorted(set(distill_recipes()) - set(embedded_distill_recipes()))
-
-
-def check_run_folder(run_dir, iterations=4, channels=1, size=28):
-    for name in ("last.ckpt", "best.ckpt", "recipe.yaml", "summary.json", "student.pt", "samples.png", "curve.csv"):
-        assert (run_dir / name).is_file(), name
-    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
-    s = json.loads((run_dir / "summary.json").read_text())
-    assert s["images_synthesized"] >= 2 * 8 and s["iterations"] == iterations
-    assert 0 <= s["student"]["heldout_acc"] <= 1 and s["synthesis_time_s"] > 0
-    assert {"torch", "pytorch_lightning", "timm", "kornia"} <= set(s["versions"])
-    student = dfkd.load_student(run_dir / "student.pt")
-    assert student(torch.rand(2, channels, size, size)).shape == (2, 10)
-    return s
 
 
 @pytest.mark.slow
@@ -44,7 +32,7 @@ def test_every_paper_scale_recipe_builds_every_part(recipe):
     synthesizer attaches, and teacher and student take a batch of the data's images."""
     cfg = compose(recipe, FAKE)
     teacher = build_teacher(cfg)
-    student = build_student(cfg, teacher)
+    student = build_student(cfg, teacher).classifier
     synthesizer = build_synthesizer(cfg, teacher)
     d = cfg.data
     synthesizer.attach(teacher, student, SynthContext(int(d.num_classes), image_shape(d), tuple(d.mean),
@@ -158,7 +146,7 @@ def test_run_folder_of_another_recipe_is_not_clobbered(tmp_path):
 def test_teacher_scores_a_repeated_pseudo_batch_once(tmp_path, monkeypatch, recipe, teacher_calls_per_iteration):
     """ZSKT takes kd_steps student steps on one pseudo-batch: the frozen teacher's logits are computed once per
     pseudo-batch (plus the synthesizer's own call); DFAD draws fresh images for every step, so it scores each."""
-    import dfkd.distill as distill
+    import dfkd.loop.module as distill
 
     calls = []
     fit_start = distill.DistillModule.on_fit_start
@@ -176,12 +164,11 @@ def test_teacher_scores_a_repeated_pseudo_batch_once(tmp_path, monkeypatch, reci
 
 def test_replay_memory_keeps_the_latest_images_with_the_teachers_logits(tmp_path, monkeypatch):
     """`distill.replay`: each KD batch is half fresh images, half replayed ones with their stored teacher logits."""
-    import dfkd.distill as distill
-
-    from dfkd.kd_batches import KDBatchSource
+    import dfkd.loop.module as distill
+    from dfkd.loop.kd_batches import KDBatchSource
 
     fresh, batches = [], []  # each KD step's fresh batch, and what the student was trained on
-    fit_start, draw = distill.DistillModule.on_fit_start, KDBatchSource.draw
+    fit_start, draw = distill.DistillModule.on_fit_start, KDBatchSource._draw
 
     def recording(self):
         fit_start(self)
@@ -193,7 +180,7 @@ def test_replay_memory_keeps_the_latest_images_with_the_teachers_logits(tmp_path
         return x
 
     monkeypatch.setattr(distill.DistillModule, "on_fit_start", recording)
-    monkeypatch.setattr(KDBatchSource, "draw", recording_draw)
+    monkeypatch.setattr(KDBatchSource, "_draw", recording_draw)
     cfg = compose("zskt_wrn", [f"paths.runs={tmp_path}", "run=replay", *LOOP, *small("zskt_wrn"), "distill.kd_steps=2",
                                "distill.replay.capacity=12", "distill.replay.fraction=0.25"])
     main(cfg)

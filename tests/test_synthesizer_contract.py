@@ -18,7 +18,7 @@ import math
 import pytest
 import torch
 
-from dfkd.config import compose
+from dfkd.runs.config import compose
 from dfkd.synthesizers import SYNTHESIZERS
 from tests.helpers import (LOOP, assert_teacher_untouched, load_ckpt, recipe_of_each_synthesizer, run, small,
                            teacher_snapshot, tiny_pair, train)

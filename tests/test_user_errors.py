@@ -6,11 +6,10 @@ import hashlib
 import pytest
 import torch
 
-from dfkd.config import ConfigError, compose
+from dfkd.runs.config import ConfigError, compose
 from dfkd.errors import DfkdError
-from dfkd.export import export_run
-from dfkd.run import main
-from dfkd.rundir import RunError
+from dfkd.runs.export import export_run
+from dfkd.errors import RunError
 from tests.helpers import LOOP, load_ckpt, run, small, train
 
 TINY = [*LOOP, *small("deepinversion_resnet")]
@@ -39,7 +38,7 @@ def test_a_wrong_value_is_one_message_and_debug_shows_the_traceback(tmp_path):
 
 def test_a_run_without_its_data_path_names_the_key_to_set(tmp_path, capsys):
     """A recipe may leave data.root to the user (`???`); the run stops with the override to type, not a traceback."""
-    from dfkd.cli import main as cli_main
+    from dfkd.runs.cli import main as cli_main
 
     assert cli_main(["recipe=fastdfkd_cifar10", f"paths.runs={tmp_path}"]) == 2
     err = capsys.readouterr().err
@@ -135,7 +134,7 @@ def test_an_unwritable_runs_folder_is_reported_before_training(tmp_path):
 
 
 def test_a_failed_checkpoint_write_stops_the_run_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    import dfkd.trainer
+    import dfkd.runs.trainer
 
     real, calls = torch.save, []
 
@@ -147,7 +146,7 @@ def test_a_failed_checkpoint_write_stops_the_run_and_keeps_the_previous_checkpoi
             raise OSError(28, "No space left on device")
         return real(obj, path, *a, **k)
 
-    monkeypatch.setattr(dfkd.trainer.torch, "save", disk_full_after_the_first_epoch)
+    monkeypatch.setattr(dfkd.runs.trainer.torch, "save", disk_full_after_the_first_epoch)
     with pytest.raises(RunError, match="No space left on device; the previous checkpoint is intact"):
         run(tmp_path, "deepinversion_resnet", "run=full", *TINY)
     assert load_ckpt(tmp_path / "full" / "last.ckpt")["dfkd"]["iteration"] == 2
@@ -155,7 +154,7 @@ def test_a_failed_checkpoint_write_stops_the_run_and_keeps_the_previous_checkpoi
 
 
 def _poison(monkeypatch, after: int):
-    import dfkd.distill as distill
+    import dfkd.loop.module as distill
 
     calls, real = {"n": 0}, distill.KD_LOSSES["kl"]
 
@@ -167,7 +166,7 @@ def _poison(monkeypatch, after: int):
 
 
 def test_a_diverging_student_names_its_learning_rate_and_the_last_good_checkpoint(tmp_path, monkeypatch):
-    from dfkd.distill import DivergenceError
+    from dfkd.errors import DivergenceError
 
     _poison(monkeypatch, after=2)
     with pytest.raises(DivergenceError, match=r"KD loss became nan at iteration 2(.|\n)*distill.optimizer.lr=0.002"
@@ -178,7 +177,7 @@ def test_a_diverging_student_names_its_learning_rate_and_the_last_good_checkpoin
 
 
 def test_a_diverging_synthesizer_names_its_learning_rate(tmp_path, monkeypatch):
-    from dfkd.distill import DivergenceError
+    from dfkd.errors import DivergenceError
     from dfkd.synthesizers.dafl import DAFL
 
     real = DAFL.synthesize
@@ -196,8 +195,8 @@ def test_a_diverging_synthesizer_names_its_learning_rate(tmp_path, monkeypatch):
 
 def test_diverged_weights_never_reach_a_checkpoint(tmp_path, monkeypatch):
     """One iteration per epoch: the step that blows the weights up is followed by a checkpoint, not a loss."""
-    import dfkd.distill as distill
-    from dfkd.distill import DivergenceError
+    import dfkd.loop.module as distill
+    from dfkd.errors import DivergenceError
 
     real = distill.DistillModule._distill
 
@@ -218,7 +217,7 @@ def test_diverged_weights_never_reach_a_checkpoint(tmp_path, monkeypatch):
 
 def test_a_student_still_at_chance_stops_the_run_naming_both_learning_rates(tmp_path):
     """DAFL with an absurd generator learning rate: the images stay finite, and carry nothing."""
-    from dfkd.distill import DivergenceError
+    from dfkd.errors import DivergenceError
 
     loop = [o for o in LOOP if not o.startswith("distill.stop_at_chance_after")]
     with pytest.raises(DivergenceError, match=r"still at chance \(\d+\.\d %(.|\n)*synthesizer.lr=1000(.|\n)*"

@@ -1,6 +1,6 @@
 """Synthesizer plug-ins, one file per method, registered by short name. Every module of this package is imported
 here (a new built-in method is one new file, nothing else to edit); methods from outside the package arrive
-through a recipe's `plugins` list (dfkd/plugins.py)."""
+through a recipe's `plugins` list (dfkd/runs/plugins.py)."""
 import importlib
 import pkgutil
 

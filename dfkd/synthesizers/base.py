@@ -11,7 +11,7 @@ every method shares:
 - the BatchNorm requirement: a method that matches BN statistics sets `uses_bn_stats = True`, and
   `require_batchnorm` refuses a teacher without BN with a message naming the methods that fit.
 
-Life cycle (driven by `dfkd.distill.DistillModule`):
+Life cycle (driven by `dfkd.loop.module.DistillModule`):
     __init__(**recipe kwargs, num_classes, image_shape, mean, std)   # build generators (Lightning-owned params)
     optimizers() -> list[dict]             # {"optimizer", "scheduler" (or None), "grad_clip" (max norm or None)};
                                            # [] for pixel optimization
@@ -34,7 +34,9 @@ import torch
 import torch.nn as nn
 
 from dfkd.errors import DfkdError
+from dfkd.hooks import batchnorm_layers
 from dfkd.registry import Registry
+from dfkd.teachers import Teacher, as_teacher
 
 SYNTHESIZERS = Registry("synthesizer")
 
@@ -65,15 +67,34 @@ class SynthContext:
     step: Callable[[torch.optim.Optimizer], None] = lambda opt: opt.step()
 
 
+class LowestLoss:
+    """The iterate with the lowest loss over a synthesis loop (DeepInversion's `best_inputs`, kept by FastDFKD, CMI,
+    NAYER and IDEAL too): `offer(loss, *tensors)` each step, `.values` / `.loss` at the end. The comparison stays on
+    the device (`torch.where`), so the inner loop makes no host sync; ties keep the earlier iterate."""
+
+    def __init__(self):
+        self.loss: torch.Tensor | None = None
+        self.values: list[torch.Tensor] = []
+
+    def offer(self, loss: torch.Tensor, *tensors: torch.Tensor) -> None:
+        loss = loss.detach()
+        if self.loss is None:
+            self.loss, self.values = loss.clone(), [t.detach().clone() for t in tensors]
+            return
+        better = loss < self.loss
+        self.loss = torch.where(better, loss, self.loss)
+        self.values = [torch.where(better, t.detach(), kept) for t, kept in zip(tensors, self.values)]
+
+
 class TeacherNeedsBatchNorm(DfkdError, ValueError):
     """The synthesizer matches BatchNorm statistics and the teacher has none."""
 
 
-def require_batchnorm(synthesizer: "Synthesizer", teacher: nn.Module, name: str | None = None) -> None:
-    """Refuse a teacher without BatchNorm for a method that matches BN statistics (the one place it is checked)."""
-    from dfkd.hooks import batchnorm_layers
-
-    if not synthesizer.uses_bn_stats or batchnorm_layers(teacher):
+def require_batchnorm(synthesizer: "Synthesizer", teacher, name: str | None = None) -> None:
+    """Refuse a teacher without BatchNorm (a black box shows none) for a method that matches BN statistics (the one
+    place it is checked)."""
+    module = as_teacher(teacher).module
+    if not synthesizer.uses_bn_stats or (module is not None and batchnorm_layers(module)):
         return
     fits = [n for n in SYNTHESIZERS.names() if not getattr(SYNTHESIZERS.get(n), "uses_bn_stats", False)]
     raise TeacherNeedsBatchNorm(
@@ -86,8 +107,9 @@ class Synthesizer(nn.Module):
     uses_bn_stats = False          # True: matches teacher BN statistics; teachers without BN are refused
     sets_gradients_by_hand = False  # True: writes .grad itself (meta-gradients); fp16 loss scaling is refused
     bounded_images = True          # False: a BN-headed generator whose images may leave [0,1], as in its paper
-    access = "white"               # what the method needs of the teacher: white | scores | label (dfkd/blackbox.py)
+    access = "white"               # what the method needs of the teacher: white | scores | label (dfkd/teachers/)
     test_settings: dict = {}       # tiny constructor settings for the contract tests
+    w: dict[str, float] = {}       # the weight of each named loss term (`weighted_total`)
 
     def __init__(self, batch_size: int, num_classes: int | None = None, image_shape=None, mean=None, std=None):
         super().__init__()
@@ -111,8 +133,10 @@ class Synthesizer(nn.Module):
     def optimizers(self) -> list[dict]:
         return []
 
-    def attach(self, teacher: nn.Module, student: nn.Module, ctx: SynthContext) -> None:
-        """Subclasses that register hooks call `super().attach(...)` first, then `self.hooks(...)`."""
+    def attach(self, teacher, student: nn.Module, ctx: SynthContext) -> None:
+        """Subclasses that register hooks call `super().attach(...)` first, then `self.hooks(...)` on `self.teacher`
+        (a network given here is held as a frozen `WhiteBoxTeacher`)."""
+        teacher = as_teacher(teacher)
         require_batchnorm(self, teacher)
         # stored outside nn.Module registration: the teacher is never part of a synthesizer's state_dict
         object.__setattr__(self, "_teacher", teacher)
@@ -149,13 +173,18 @@ class Synthesizer(nn.Module):
         self._hooks = []
 
     # -- helpers shared by the methods --------------------------------------------------------------
+    def weighted_total(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The method's objective from its named terms: sum of `self.w[name] * term` over the weighted terms, in
+        the order the terms come (other entries, e.g. logits kept for logging, are not summed)."""
+        return sum(self.w[k] * v for k, v in terms.items() if k in self.w)
+
     def hooks(self, hooks):
         """Own `hooks` (anything with `close()`: BNStatHooks, FeatureTaps): `detach()` closes them."""
         self._hooks.append(hooks)
         return hooks
 
     @property
-    def teacher(self) -> nn.Module:
+    def teacher(self) -> Teacher:
         t = self._teacher
         assert t is not None, "synthesizer used before attach()"
         assert not t.training, "the teacher must stay in eval mode (its BN running stats are the target)"
@@ -164,11 +193,7 @@ class Synthesizer(nn.Module):
     def teacher_probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """All a black-box method may see of the teacher: class probabilities, without gradient (a white-box
         teacher's softmax, or a black box's answers: one query per image)."""
-        from dfkd.blackbox import BlackBoxTeacher
-
-        with torch.no_grad():
-            out = self.teacher(x)
-        return out if isinstance(self.teacher, BlackBoxTeacher) else torch.softmax(out, dim=1)
+        return self.teacher.probabilities(x)
 
     @property
     def student(self) -> nn.Module:

@@ -25,17 +25,16 @@ thousands of BN channels (null: the feature dimension, as CMI).
 """
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dfkd.augment import build_augment
+from dfkd.augment import CIFAR_AUGMENT, build_augment
 from dfkd.hooks import BNStatHooks, FeatureTaps, batchnorm_layers
 from dfkd.losses import decision_adversarial_loss, instance_contrastive_loss
 from dfkd.models.generators import UpsampleGenerator, reinitialize
-from dfkd.synthesizers.base import SYNTHESIZERS, SynthBatch, Synthesizer
+from dfkd.synthesizers.base import SYNTHESIZERS, LowestLoss, SynthBatch, Synthesizer
 
 
 @SYNTHESIZERS.register("cmi")
@@ -47,7 +46,8 @@ class CMI(Synthesizer):
     def __init__(self, batch_size: int = 256, nz: int = 256, ngf: int = 64, g_steps: int = 200, lr_g: float = 1e-3,
                  bn: float = 1.0, oh: float = 1.0, adv: float = 0.5, cr: float = 0.8, cr_tau: float = 0.1,
                  head_dim: int = 256, head_hidden: int | None = None, memory_size: int = 40960, n_neg: int = 4096,
-                 local_scale=(0.25, 1.0), flip: bool = True, first_bn_multiplier: float = 1.0, augment=None, **data):
+                 local_scale=(0.25, 1.0), flip: bool = True, first_bn_multiplier: float = 1.0,
+                 augment=CIFAR_AUGMENT, **data):
         super().__init__(batch_size, **data)
         c, h, w = self.image_shape
         self.nz, self.g_steps, self.lr_g = int(nz), int(g_steps), float(lr_g)
@@ -145,22 +145,22 @@ class CMI(Synthesizer):
         inner = torch.optim.Adam([{"params": g.parameters()}, {"params": [z]}], lr=self.lr_g, betas=(0.5, 0.999))
         g_params, head_params = list(g.parameters()), list(self.head.parameters())
         negatives = self.negatives()
-        best_loss, best_x, best_f, terms = math.inf, None, None, {}
+        lowest, terms = LowestLoss(), {}
         with self.scoring_student() as student:
             for _ in range(self.g_steps):
                 x = g(z)
                 terms, f_global = self.loss_terms(x, targets, negatives, student)
-                total = sum(self.w[k] * v for k, v in terms.items())
+                total = self.weighted_total(terms)
                 grads = torch.autograd.grad(total, g_params + [z] + head_params)  # local: never teacher or student
-                if total.item() < best_loss:
-                    best_loss, best_x, best_f = total.item(), x.detach().clone(), f_global.detach()
+                lowest.offer(total, x, f_global)
                 for p, gr in zip(g_params + [z] + head_params, grads):
                     p.grad = gr
                 inner.step()
                 self.average_gradients(head_params)
                 self.ctx.step(self.head_opt)
                 self.head_opt.zero_grad(set_to_none=True)
+        best_x, best_f = lowest.values
         self.remember(best_f)
         logged = {k: float(v.detach()) for k, v in terms.items()}
-        logged["total"] = best_loss
+        logged["total"] = float(lowest.loss)
         return SynthBatch(images=best_x, targets=targets, losses=logged)

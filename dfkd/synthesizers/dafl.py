@@ -80,7 +80,7 @@ class DAFL(GeneratorSynthesizer):
     def synthesize(self) -> SynthBatch:
         x = self.generate(self.latents(self.batch_size))
         terms = self.loss_terms(x)
-        loss = sum(self.w[k] * terms[k] for k in self.w)
+        loss = self.weighted_total(terms)
         self.generator_step(loss)
         logged = {k: float(terms[k].detach()) for k in self.w}
         logged["total"] = float(loss.detach())

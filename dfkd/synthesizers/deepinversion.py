@@ -16,7 +16,8 @@ the batch returned is the iterate with the lowest total loss (a real clone: the 
 `best_inputs = inputs.data` aliasing bug is not reproduced). The ADI term scores images with the *current*
 student (in eval mode), so it pushes synthesis towards where student and teacher disagree.
 
-Defaults follow the CIFAR-10 reference (bs 256, Adam lr 0.1 / 0.05 "paper", r_feature 10, first BN x10);
+Defaults follow the CIFAR-10 reference (bs 256, Adam lr 0.05 as its "paper" setting, where its default is 0.1,
+r_feature 10, first BN x10);
 the embedded MNIST recipe shortens the iterations to fit a CPU budget.
 """
 from __future__ import annotations
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 
 from dfkd.hooks import BNStatHooks
 from dfkd.losses import image_l2, js_divergence, tv_l1, tv_l2
-from dfkd.synthesizers.base import SYNTHESIZERS, SynthBatch, Synthesizer
+from dfkd.synthesizers.base import SYNTHESIZERS, LowestLoss, SynthBatch, Synthesizer
 
 
 def cosine_lr(base_lr: float, it: int, total: int, lr_warmup: int) -> float:
@@ -45,7 +46,7 @@ class DeepInversion(Synthesizer):
     uses_bn_stats = True
     test_settings = {"batch_size": 8, "iterations": 3, "adi": 0.2}
 
-    def __init__(self, batch_size: int = 256, iterations: int = 2000, lr: float = 0.1,
+    def __init__(self, batch_size: int = 256, iterations: int = 2000, lr: float = 0.05,
                  betas: tuple[float, float] = (0.5, 0.9), lr_warmup: int = 0, bn: float = 10.0,
                  first_bn_multiplier: float = 10.0, ce: float = 1.0, tv_l2: float = 2.5e-5, tv_l1: float = 0.0,
                  l2: float = 0.0, adi: float = 0.0, adi_tau: float = 3.0, jitter: int = 2, flip: bool = False,
@@ -93,25 +94,25 @@ class DeepInversion(Synthesizer):
         pixels = self.randn(self.batch_size, c, h, w).requires_grad_(True)
         lo, hi = (0 - self.data_mean) / self.data_std, (1 - self.data_mean) / self.data_std
         opt = torch.optim.Adam([pixels], lr=self.lr, betas=self.betas, eps=1e-8)
-        best_loss, best_pixels, last_terms = math.inf, None, {}
+        lowest, last_terms = LowestLoss(), {}
 
         with self.scoring_student() as student:
             for it in range(self.iterations):
                 for g in opt.param_groups:
                     g["lr"] = cosine_lr(self.lr, it, self.iterations, self.lr_warmup)
                 terms = self.loss_terms(self._jitter_flip(pixels), targets, student)
-                total = sum(self.w[k] * v for k, v in terms.items() if k in self.w)
+                total = self.weighted_total(terms)
                 # gradient w.r.t. the pixels only: never accumulates into teacher or student parameters
                 (pixels.grad,) = torch.autograd.grad(total, [pixels])
-                if self.keep_best and total.item() < best_loss:
-                    best_loss, best_pixels = total.item(), pixels.detach().clone()
+                if self.keep_best:
+                    lowest.offer(total, pixels)
                 opt.step()
                 with torch.no_grad():
                     pixels.copy_(torch.max(torch.min(pixels, hi), lo))
                 last_terms = terms
 
-        out = best_pixels if best_pixels is not None else pixels.detach()
+        out = lowest.values[0] if self.keep_best else pixels.detach()
         images = self.to_unit(out).clamp(0, 1)
         logged = {k: float(v.detach()) for k, v in last_terms.items()}
-        logged["total"] = best_loss if self.keep_best else float(total)
+        logged["total"] = float(lowest.loss if self.keep_best else total)
         return SynthBatch(images=images, targets=targets, losses=logged)

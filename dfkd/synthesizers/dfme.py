@@ -4,7 +4,7 @@ black box that returns class probabilities only (`teacher.access=scores`).
     student:    min_S  mean |S(x) - l_T(x)|,   x = G(z)                 (distill.kd_loss=l1, fresh G(z) per step)
     generator:  max_G  L(x) = mean |S(x) - l_T(x)|
 where l_T(x) = log p_T(x) - mean_j log p_T(x)_j are the teacher's logits recovered from its probabilities
-(Sec. 3.3; `dfkd.blackbox.logits_from_answers`). The teacher gives no gradient, so dL/dx is estimated by forward
+(Sec. 3.3; `dfkd.teachers.logits_from_answers`). The teacher gives no gradient, so dL/dx is estimated by forward
 differences along `directions` (m) random unit directions u_i per image (Sec. 3.2, eq. 6):
 
     grad_x L ~ (1/m) sum_i  d * (L(x + eps u_i) - L(x)) / eps * u_i,    d = C*H*W,
@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import torch
 
-from dfkd.blackbox import logits_from_answers
+from dfkd.teachers.black_box import logits_from_answers
 from dfkd.losses import information_entropy_loss
 from dfkd.synthesizers.base import SYNTHESIZERS, SynthBatch
 from dfkd.synthesizers.generative import GeneratorSynthesizer

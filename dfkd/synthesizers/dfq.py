@@ -60,7 +60,7 @@ class DFQ(GeneratorSynthesizer):
     def synthesize(self) -> SynthBatch:
         x = self.generate(self.latents(self.batch_size))
         terms, disagreement = self.loss_terms(x)
-        self.generator_step(sum(self.w[k] * v for k, v in terms.items()))
+        self.generator_step(self.weighted_total(terms))
         losses = {k: float(v.detach()) for k, v in terms.items()}
         losses["disagreement"] = disagreement
         return SynthBatch(images=x.detach(), losses=losses)

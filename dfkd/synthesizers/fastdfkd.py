@@ -19,22 +19,21 @@ At call `reset_l0_at` the first Linear and first BN of G are re-initialized N(0,
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dfkd.augment import build_augment
+from dfkd.augment import CIFAR_AUGMENT, build_augment
 from dfkd.losses import decision_adversarial_loss
 from dfkd.models.generators import UpsampleGenerator
-from dfkd.synthesizers.base import SYNTHESIZERS, SynthBatch, Synthesizer
+from dfkd.synthesizers.base import SYNTHESIZERS, LowestLoss, SynthBatch, Synthesizer
 from dfkd.synthesizers.momentum_bn import MomentumBNStatistics
 
 
 @SYNTHESIZERS.register("fastdfkd")
 class FastDFKD(MomentumBNStatistics, Synthesizer):
-    sets_gradients_by_hand = True  # the meta-gradient: fp16 loss scaling would not apply to it (dfkd/distill.py)
+    sets_gradients_by_hand = True  # the meta-gradient: fp16 loss scaling would not apply to it (dfkd/loop/module.py)
     uses_bn_stats = True
     test_settings = {"batch_size": 8, "nz": 8, "ngf": 4, "g_steps": 2, "adversarial_after": 3, "reset_l0_at": 5,
                      "augment": [{"name": "RandomHorizontalFlip"}]}
@@ -43,7 +42,7 @@ class FastDFKD(MomentumBNStatistics, Synthesizer):
                  lr_z: float = 0.015, meta_lr: float | None = None, bn: float = 10.0, oh: float = 0.4,
                  adv: float = 1.1, bn_momentum: float = 0.9, adversarial_after: int = 20, meta: str = "maml",
                  reptile_alpha: float = 67.0, reset_l0_at: int | None = 140, first_bn_multiplier: float = 1.0,
-                 augment=None, **data):
+                 augment=CIFAR_AUGMENT, **data):
         super().__init__(batch_size, **data)
         if meta not in ("maml", "reptile"):
             raise ValueError(f"synthesizer.meta must be 'maml' or 'reptile', got {meta!r}")
@@ -98,15 +97,14 @@ class FastDFKD(MomentumBNStatistics, Synthesizer):
         for p in meta_params:
             p.grad = torch.zeros_like(p)
         adversarial = self.calls > self.adversarial_after
-        best_loss, best_x, terms = math.inf, None, {}
+        lowest, terms = LowestLoss(), {}
 
         with self.scoring_student() as student:
             for _ in range(self.g_steps):
                 x, terms = self.loss_terms(fast, z, targets, student if adversarial else None)
-                total = sum(self.w[k] * v for k, v in terms.items() if k in self.w)
+                total = self.weighted_total(terms)
                 grads = torch.autograd.grad(total, fast_params + [z])  # local: never reaches teacher or student
-                if total.item() < best_loss:
-                    best_loss, best_x = total.item(), x.detach().clone()
+                lowest.offer(total, x)
                 for mp, fp, g in zip(meta_params, fast_params, grads[:-1]):
                     fp.grad = g
                     if self.meta == "maml":
@@ -121,5 +119,5 @@ class FastDFKD(MomentumBNStatistics, Synthesizer):
         self.meta_opt.zero_grad(set_to_none=True)
         self.bn_hooks.update_ema()
         logged = {k: float(v.detach()) for k, v in terms.items()}
-        logged["total"] = best_loss
-        return SynthBatch(images=best_x, targets=targets, losses=logged)
+        logged["total"] = float(lowest.loss)
+        return SynthBatch(images=lowest.values[0], targets=targets, losses=logged)

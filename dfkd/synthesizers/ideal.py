@@ -37,16 +37,15 @@ replay measured worse on CIFAR-10, docs/notes/black-box.md).
 """
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
 
 from dfkd.augment import build_augment
-from dfkd.blackbox import logits_from_answers
+from dfkd.teachers.black_box import logits_from_answers
 from dfkd.losses import mean_negative_entropy
 from dfkd.models.generators import UpsampleGenerator, reinitialize
-from dfkd.synthesizers.base import SYNTHESIZERS, SynthBatch, Synthesizer
+from dfkd.synthesizers.base import SYNTHESIZERS, LowestLoss, SynthBatch, Synthesizer
 
 
 @SYNTHESIZERS.register("ideal")
@@ -56,7 +55,7 @@ class IDEAL(Synthesizer):
     test_settings = {"batch_size": 8, "nz": 8, "ngf": 4, "g_steps": 2}
 
     def __init__(self, batch_size: int = 256, nz: int = 256, ngf: int = 64, lr: float = 1e-3, betas=(0.5, 0.999),
-                 g_steps: int = 30, info: float = 5.0, head: str = "sigmoid", augment=None, **data):
+                 g_steps: int = 30, info: float = 5.0, head: str = "sigmoid", augment=(), **data):
         super().__init__(batch_size, **data)
         c, h, _ = self.image_shape
         self.nz, self.g_steps, self.info = int(nz), int(g_steps), float(info)
@@ -79,19 +78,19 @@ class IDEAL(Synthesizer):
         opt = torch.optim.Adam(g.parameters(), lr=self.lr, betas=self.betas)
         z = self.randn(self.batch_size, self.nz)
         y = self.sample_targets(self.batch_size)
-        best, best_x, losses = math.inf, None, {}
+        lowest = LowestLoss()
         with self.scoring_student() as student:
             for _ in range(self.g_steps):
                 x = self.generate(z)
                 logits = student(self.augment(x))
                 ce, info = F.cross_entropy(logits, y), mean_negative_entropy(logits)
                 loss = ce + self.info * info
-                if loss.item() < best:
-                    best, best_x = loss.item(), x.detach().clone()
-                    losses = {"ce": float(ce.detach()), "info": float(info.detach())}
+                lowest.offer(loss, x, ce, info)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()  # reaches G only: the student is frozen, the teacher is not involved
                 opt.step()
+        best_x, ce, info = lowest.values
+        losses = {"ce": float(ce), "info": float(info)}
         answers = self.teacher_probabilities(best_x)  # one query per image: the teacher's label (one-hot)
         losses["teacher_agrees"] = float((answers.argmax(1) == y).float().mean())
         return SynthBatch(images=best_x, targets=y, losses=losses, teacher_logits=logits_from_answers(answers))

@@ -87,7 +87,7 @@ class KegNet(Synthesizer):
         for k, opt in enumerate(self.opts):
             y, z, x = self._generate(k, self.batch_size)
             terms = self.loss_terms(k, y, z, x)
-            loss = sum(self.w[n] * v for n, v in terms.items())
+            loss = self.weighted_total(terms)
             opt.zero_grad(set_to_none=True)
             self.ctx.backward(loss)
             self.ctx.step(opt)

@@ -36,11 +36,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dfkd.augment import build_augment
+from dfkd.augment import CIFAR_AUGMENT, build_augment
 from dfkd.errors import DfkdError
 from dfkd.losses import decision_adversarial_loss
 from dfkd.models.generators import UpsampleGenerator
-from dfkd.synthesizers.base import SYNTHESIZERS, SynthBatch, Synthesizer
+from dfkd.synthesizers.base import SYNTHESIZERS, LowestLoss, SynthBatch, Synthesizer
 from dfkd.synthesizers.momentum_bn import MomentumBNStatistics
 
 
@@ -88,7 +88,7 @@ class NAYER(MomentumBNStatistics, Synthesizer):
     def __init__(self, batch_size: int = 400, noise_dim: int = 1000, ngf: int = 64, g_steps: int = 30,
                  lr_g: float = 4e-3, bn: float = 10.0, oh: float = 0.5, adv: float = 1.33, bn_momentum: float = 0.9,
                  adversarial_after: int = 20, generator_life: int | None = None, label_embeddings: str | None = None,
-                 first_bn_multiplier: float = 1.0, augment=None, **data):
+                 first_bn_multiplier: float = 1.0, augment=CIFAR_AUGMENT, **data):
         super().__init__(batch_size, **data)
         c, h, w = self.image_shape
         self.g_steps, self.lr_g, self.ngf = int(g_steps), float(lr_g), int(ngf)
@@ -145,15 +145,14 @@ class NAYER(MomentumBNStatistics, Synthesizer):
         noisy_opt = torch.optim.Adam([noisy_w, noisy_b], lr=self.lr_g, betas=(0.5, 0.999))
         params = list(g.parameters())
         adversarial = self.calls > self.adversarial_after
-        best_loss, best_x, terms = math.inf, None, {}
+        lowest, terms = LowestLoss(), {}
         with self.scoring_student() as student:
             for _ in range(self.g_steps):
                 x = g(targets, noisy_w, noisy_b)
                 terms = self.loss_terms(x, targets, student if adversarial else None)
-                total = sum(self.w[k] * v for k, v in terms.items())
+                total = self.weighted_total(terms)
                 grads = torch.autograd.grad(total, params + [noisy_w, noisy_b])  # never teacher or student
-                if total.item() < best_loss:
-                    best_loss, best_x = total.item(), x.detach().clone()
+                lowest.offer(total, x)
                 for p, gr in zip(params + [noisy_w, noisy_b], grads):
                     p.grad = gr
                 noisy_opt.step()
@@ -162,5 +161,5 @@ class NAYER(MomentumBNStatistics, Synthesizer):
                 self.opt.zero_grad(set_to_none=True)
         self.bn_hooks.update_ema()
         logged = {k: float(v.detach()) for k, v in terms.items()}
-        logged["total"] = best_loss
-        return SynthBatch(images=best_x, targets=targets, losses=logged)
+        logged["total"] = float(lowest.loss)
+        return SynthBatch(images=lowest.values[0], targets=targets, losses=logged)

@@ -1,0 +1,4 @@
+"""`python -m dfkd.bench`: the benchmark (dfkd.bench.suite)."""
+from dfkd.bench.suite import console
+
+console()
