@@ -1,6 +1,7 @@
 """The run folder `<paths.runs>/<run>/`, with a stable name so `resume=true` finds `last.ckpt`:
 
-    recipe.yaml  last.ckpt  best.ckpt  tensorboard/  curve.csv  samples.png  summary.json  student.pt
+    recipe.yaml  student_arch.yaml  last.ckpt  best.ckpt  tensorboard/  curve.csv  samples.png  summary.json
+    student.pt
 
 Folder checks and writes happen on rank 0 only (Lightning re-executes the command for ranks 1..N)."""
 from __future__ import annotations
