@@ -75,8 +75,8 @@ def run_distill(cfg: DictConfig) -> dict | None:
                            build_augment(to_plain(cfg.augment)), num_classes=cfg.data.num_classes,
                            image_shape=image_shape(cfg.data), mean=mean, std=std, seed=cfg.seed,
                            timer=timer, lr_settings=_lr_settings(cfg))
-    callbacks = [timer, RunProgressBar(), SynthesisCostNote(), ImageGridLogger(cfg.log.image_every, cfg.log.grid_size),
-                 CurveLogger(run_dir / "curve.csv")]
+    callbacks = [timer, RunProgressBar(), SynthesisCostNote(),
+                 ImageGridLogger(cfg.log.image_every, cfg.log.grid_size), CurveLogger(run_dir / "curve.csv")]
     if cfg.debug.kill_at_iteration is not None:
         callbacks.append(KillAt(cfg.debug.kill_at_iteration))
     trainer = build_trainer(cfg, run_dir, callbacks, int(d.epochs))

@@ -17,6 +17,7 @@ import contextlib
 import torch
 import torch.nn as nn
 
+from dfkd.models import count_params
 from dfkd.models.classifier import Classifier
 
 
@@ -31,7 +32,6 @@ class WhiteBoxTeacher(Classifier):
         else:  # a bare network that takes the [0,1] images as they come
             super().__init__(nn.Identity(), classifier)
         self.recorded_acc = getattr(classifier, "recorded_acc", None)  # the accuracy its file records, if any
-        self.counts: dict[str, int] = {}
         self.requires_grad_(False)
         super().train(False)
 
@@ -51,7 +51,7 @@ class WhiteBoxTeacher(Classifier):
 
     @property
     def params(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
+        return count_params(self.model)
 
     def counting_as(self, purpose: str):
         return contextlib.nullcontext(self)
