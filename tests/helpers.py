@@ -173,3 +173,22 @@ def check_run_folder(run_dir, iterations=4, channels=1, size=28):
     student = dfkd.load_student(run_dir / "student.pt")
     assert student(torch.rand(2, channels, size, size)).shape == (2, 10)
     return s
+
+
+def agreeing_student(teacher):
+    """The teacher's network with its weights perturbed: a student that agrees with the teacher on some images and
+    differs in its predictions (decision-adversarial terms act only where the two agree); in train mode."""
+    import copy
+
+    student = copy.deepcopy(teacher.module).requires_grad_(True).train()
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.5 * p.std().nan_to_num(0.1) * torch.randn_like(p))
+    return student
+
+
+def decision_adversarial_by_hand(s_logits, t_logits):
+    """-mean_i 1[argmax S_i = argmax T_i] * sum_c p_T,ic (log p_T,ic - log p_S,ic)."""
+    p_t = torch.softmax(t_logits, 1)
+    kl = (p_t * (torch.log(p_t) - torch.log_softmax(s_logits, 1))).sum(1)
+    return -((s_logits.argmax(1) == t_logits.argmax(1)).float() * kl).mean()

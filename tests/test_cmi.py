@@ -6,7 +6,8 @@ import torch.nn.functional as F
 from dfkd.hooks import batchnorm_layers
 from dfkd.models.generators import reinitialize
 from dfkd.synthesizers import SYNTHESIZERS
-from tests.helpers import DATA, bn_loss_by_hand, build_tiny, tiny_pair
+from tests.helpers import (DATA, agreeing_student, bn_loss_by_hand, build_tiny, decision_adversarial_by_hand,
+                           tiny_pair)
 
 
 def test_cmi_reinitialize_draws_the_reference_distributions():
@@ -63,3 +64,14 @@ def test_cmi_loss_terms_match_hand_computation():
     h = lambda v: F.normalize(syn.head(v), dim=1)  # noqa: E731
     logits = h(feats) @ h(torch.cat([feats, negatives])).t() / syn.cr_tau
     assert terms["cr"].item() == pytest.approx(F.cross_entropy(logits, torch.arange(8)).item(), rel=1e-4)
+
+
+def test_cmi_adversarial_term_is_the_decision_adversarial_loss_by_hand():
+    """Fails on: the sign of the adversarial term flipped, or teacher and student swapped in it."""
+    syn, teacher, _ = build_tiny("cmi", augment=[])
+    student = agreeing_student(teacher).eval()
+    x = torch.rand(8, 1, 12, 12)
+    terms, _ = syn.loss_terms(x, torch.randint(4, (8,)), None, student)
+    s_logits, t_logits = student(x), teacher(x)
+    assert (s_logits.argmax(1) == t_logits.argmax(1)).any()  # the term acts where the two agree
+    torch.testing.assert_close(terms["adv"], decision_adversarial_by_hand(s_logits, t_logits), rtol=1e-5, atol=1e-7)

@@ -5,7 +5,8 @@ import math
 
 import torch
 
-from tests.helpers import assert_teacher_untouched, build_case, teacher_snapshot
+from tests.helpers import (agreeing_student, assert_teacher_untouched, build_case, decision_adversarial_by_hand,
+                           teacher_snapshot)
 
 
 def test_fastdfkd_adversarial_term_scores_with_the_student_and_leaves_teacher_and_student_alone():
@@ -58,3 +59,13 @@ def test_bn_momentum_blends_the_batch_with_the_ema():
         bn(x2)
     mean, var = 0.1 * 1 + 0.9 * 2, 0.1 * 1 + 0.9 * 0
     assert math.isclose(hooks.loss().item(), abs(mean) + abs(var - 1), rel_tol=1e-5)
+
+
+def test_fastdfkd_adversarial_term_is_the_decision_adversarial_loss_by_hand():
+    """Fails on: the sign of the adversarial term flipped, or teacher and student swapped in it."""
+    syn, teacher, _ = build_case("fastdfkd", augment=[])
+    student = agreeing_student(teacher).eval()
+    x, terms = syn.loss_terms(syn.generator, syn.randn(8, syn.nz), torch.randint(4, (8,)), student)
+    s_logits, t_logits = student(x), teacher(x)
+    assert (s_logits.argmax(1) == t_logits.argmax(1)).any()  # the term acts where the two agree
+    torch.testing.assert_close(terms["adv"], decision_adversarial_by_hand(s_logits, t_logits), rtol=1e-5, atol=1e-7)

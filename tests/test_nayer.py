@@ -4,7 +4,7 @@ import torch
 
 from dfkd.errors import DfkdError
 from dfkd.synthesizers.nayer import load_label_embeddings
-from tests.helpers import build_tiny
+from tests.helpers import agreeing_student, build_tiny, decision_adversarial_by_hand
 
 
 def test_nayer_noisy_layer_maps_one_label_to_a_new_code_per_chunk_and_per_call():
@@ -51,3 +51,14 @@ def test_nayer_adversarial_term_starts_after_warm_up():
     syn, *_ = build_tiny("nayer", adversarial_after=1)
     assert "adv" not in syn.synthesize().losses
     assert "adv" in syn.synthesize().losses
+
+
+def test_nayer_adversarial_term_is_the_decision_adversarial_loss_by_hand():
+    """Fails on: the sign of the adversarial term flipped, or teacher and student swapped in it."""
+    syn, teacher, _ = build_tiny("nayer", augment=[])
+    student = agreeing_student(teacher).eval()
+    x = torch.rand(8, 1, 12, 12)
+    terms = syn.loss_terms(x, torch.randint(4, (8,)), student)
+    s_logits, t_logits = student(x), teacher(x)
+    assert (s_logits.argmax(1) == t_logits.argmax(1)).any()  # the term acts where the two agree
+    torch.testing.assert_close(terms["adv"], decision_adversarial_by_hand(s_logits, t_logits), rtol=1e-5, atol=1e-7)

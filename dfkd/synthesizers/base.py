@@ -21,6 +21,8 @@ Life cycle (driven by `dfkd.loop.module.DistillModule`):
     extra_state() / load_extra_state(d)    # counters, EMA statistics, RNG: tensors and plain values only
     detach()                               # at fit end: hooks removed
 
+`objective_terms` (class attribute) declares every term of the objective (`dfkd.synthesizers.terms.Term`: the
+quantity its paper moves, which way, the setting that weights it); tests/test_objectives.py checks each.
 `test_settings` (class attribute) is the smallest constructor settings that still run every code path; the
 contract tests (tests/test_synthesizer_contract.py) build every registered synthesizer with them.
 """
@@ -110,6 +112,8 @@ class Synthesizer(nn.Module):
     access = "white"               # what the method needs of the teacher: white | scores | label (dfkd/teachers/)
     test_settings: dict = {}       # tiny constructor settings for the contract tests
     w: dict[str, float] = {}       # the weight of each named loss term (`weighted_total`)
+    objective_terms: dict = {}     # name -> Term: what each weighted term moves and which way (terms.py)
+    direction_settings: dict = {}  # on top of test_settings where a term needs more steps to show its direction
 
     def __init__(self, batch_size: int, num_classes: int | None = None, image_shape=None, mean=None, std=None):
         super().__init__()

@@ -35,6 +35,7 @@ from dfkd.hooks import BNStatHooks, FeatureTaps, batchnorm_layers
 from dfkd.losses import decision_adversarial_loss, instance_contrastive_loss
 from dfkd.models.generators import UpsampleGenerator, reinitialize
 from dfkd.synthesizers.base import SYNTHESIZERS, LowestLoss, SynthBatch, Synthesizer
+from dfkd.synthesizers.terms import Term
 
 
 @SYNTHESIZERS.register("cmi")
@@ -42,6 +43,10 @@ class CMI(Synthesizer):
     uses_bn_stats = True
     sets_gradients_by_hand = True  # the head's gradients come from torch.autograd.grad: no fp16 loss scaling
     test_settings = {"batch_size": 8, "nz": 8, "ngf": 4, "g_steps": 2, "head_dim": 8, "memory_size": 12, "n_neg": 6}
+    direction_settings = {"g_steps": 8, "augment": [{"name": "RandomHorizontalFlip"}]}  # flips keep BN statistics
+    objective_terms = {"bn": Term("bn_distance", "lower", "bn"), "oh": Term("teacher_ce_to_targets", "lower", "oh"),
+                       "adv": Term("teacher_student_kl_where_agreeing", "raise", "adv"),
+                       "cr": Term("instance_similarity", "lower", "cr")}
 
     def __init__(self, batch_size: int = 256, nz: int = 256, ngf: int = 64, g_steps: int = 200, lr_g: float = 1e-3,
                  bn: float = 1.0, oh: float = 1.0, adv: float = 0.5, cr: float = 0.8, cr_tau: float = 0.1,

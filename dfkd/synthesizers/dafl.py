@@ -29,6 +29,7 @@ from dfkd.hooks import FeatureTaps, classifier_head
 from dfkd.losses import information_entropy_loss  # DAFL eq. 4, shared with ZSKT
 from dfkd.synthesizers.base import SYNTHESIZERS, SynthBatch
 from dfkd.synthesizers.generative import GeneratorSynthesizer
+from dfkd.synthesizers.terms import Term
 
 
 def activation_loss(features: torch.Tensor) -> torch.Tensor:
@@ -44,6 +45,10 @@ def one_hot_loss(logits: torch.Tensor) -> torch.Tensor:
 @SYNTHESIZERS.register("dafl")
 class DAFL(GeneratorSynthesizer):
     test_settings = {"batch_size": 8, "nz": 8, "ngf": 4, "lr": 0.01, "cosine_steps": 10}
+    objective_terms = {"oh": Term("teacher_ce_own_label", "lower", "oh"),
+                       "ie": Term("teacher_class_balance", "raise", "ie"),
+                       "a": Term("teacher_feature_magnitude", "raise", "a")}
+
     def __init__(self, batch_size: int = 512, nz: int = 100, ngf: int = 64, lr: float = 0.2,
                  betas=(0.5, 0.999), oh: float = 1.0, ie: float = 5.0, a: float = 0.1,
                  feature_layer: str | None = None, bn_eps: float = 0.8, cosine_steps: int | None = None,

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from dfkd.hooks import BNStatHooks
 from dfkd.losses import image_l2, js_divergence, tv_l1, tv_l2
 from dfkd.synthesizers.base import SYNTHESIZERS, LowestLoss, SynthBatch, Synthesizer
+from dfkd.synthesizers.terms import Term
 
 
 def cosine_lr(base_lr: float, it: int, total: int, lr_warmup: int) -> float:
@@ -45,6 +46,11 @@ def cosine_lr(base_lr: float, it: int, total: int, lr_warmup: int) -> float:
 class DeepInversion(Synthesizer):
     uses_bn_stats = True
     test_settings = {"batch_size": 8, "iterations": 3, "adi": 0.2}
+    direction_settings = {"iterations": 10, "lr": 0.25, "keep_best": False}  # both arms: the last, clipped iterate
+    objective_terms = {"bn": Term("bn_distance", "lower", "bn"), "ce": Term("teacher_ce_to_targets", "lower", "ce"),
+                       "tv_l2": Term("roughness_l2", "lower", "tv_l2"), "tv_l1": Term("roughness", "lower", "tv_l1"),
+                       "l2": Term("normalized_image_norm", "lower", "l2"),
+                       "adi": Term("teacher_student_js", "raise", "adi")}
 
     def __init__(self, batch_size: int = 256, iterations: int = 2000, lr: float = 0.05,
                  betas: tuple[float, float] = (0.5, 0.9), lr_warmup: int = 0, bn: float = 10.0,

@@ -16,22 +16,26 @@ from __future__ import annotations
 from dfkd.losses import kd_l1
 from dfkd.synthesizers.base import SYNTHESIZERS, SynthBatch
 from dfkd.synthesizers.generative import GeneratorSynthesizer
+from dfkd.synthesizers.terms import Term
 
 
 @SYNTHESIZERS.register("dfad")
 class DFAD(GeneratorSynthesizer):
     test_settings = {"batch_size": 8, "nz": 8, "ngf": 4, "cosine_steps": 10}
+    objective_terms = {"adv": Term("teacher_student_l1", "raise")}
+
     def __init__(self, batch_size: int = 512, nz: int = 100, ngf: int = 64, lr: float = 1e-3, betas=(0.9, 0.999),
                  cosine_steps: int | None = None, head: str = "tanh_bn", **data):
         super().__init__(batch_size, nz=nz, ngf=ngf, head=head, lr=lr, betas=betas, cosine_steps=cosine_steps,
                          fresh_samples=True, **data)
+        self.w = {"adv": 1.0}
 
     def synthesize(self) -> SynthBatch:
         x = self.generate(self.latents(self.batch_size))
         with self.scoring_student() as student:
             s_logits = student(x)
         t_logits = self.teacher(x)
-        discrepancy = kd_l1(s_logits, t_logits)
-        self.generator_step(-discrepancy)
-        return SynthBatch(images=x.detach(), losses={"adv": float(-discrepancy.detach()),
+        terms = {"adv": -kd_l1(s_logits, t_logits)}  # the generator ascends the discrepancy
+        self.generator_step(self.weighted_total(terms))
+        return SynthBatch(images=x.detach(), losses={"adv": float(terms["adv"].detach()),
                                                      "disagreement": self.disagreement(s_logits, t_logits)})

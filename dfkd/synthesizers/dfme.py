@@ -35,6 +35,7 @@ from dfkd.teachers.black_box import logits_from_answers
 from dfkd.losses import information_entropy_loss
 from dfkd.synthesizers.base import SYNTHESIZERS, SynthBatch
 from dfkd.synthesizers.generative import GeneratorSynthesizer
+from dfkd.synthesizers.terms import Term
 
 
 def per_image_l1(s_logits: torch.Tensor, t_logits: torch.Tensor) -> torch.Tensor:
@@ -46,6 +47,8 @@ def per_image_l1(s_logits: torch.Tensor, t_logits: torch.Tensor) -> torch.Tensor
 class DFME(GeneratorSynthesizer):
     access = "scores"
     test_settings = {"batch_size": 8, "nz": 8, "ngf": 4, "directions": 2}
+    objective_terms = {"adv": Term("teacher_student_l1_of_answers", "raise"),
+                       "info": Term("student_class_balance", "raise", "info")}
 
     def __init__(self, batch_size: int = 256, nz: int = 256, ngf: int = 64, lr: float = 5e-4, betas=(0.9, 0.999),
                  directions: int = 1, epsilon: float = 1e-3, head: str = "tanh_bn", cosine_steps: int | None = None,
@@ -54,7 +57,8 @@ class DFME(GeneratorSynthesizer):
                          fresh_samples=True, **data)
         if int(directions) < 1 or float(epsilon) <= 0:
             raise ValueError(f"DFME needs directions >= 1 and epsilon > 0, got {directions} and {epsilon}")
-        self.directions, self.epsilon, self.info = int(directions), float(epsilon), float(info)
+        self.directions, self.epsilon = int(directions), float(epsilon)
+        self.w = {"adv": 1.0, "info": float(info)}
 
     def random_directions(self, x: torch.Tensor) -> torch.Tensor:
         """m unit directions per image, uniform on the sphere of the image space: [m, N, C, H, W]."""
@@ -79,13 +83,12 @@ class DFME(GeneratorSynthesizer):
     def synthesize(self) -> SynthBatch:
         x = self.generate(self.latents(self.batch_size))
         grad, loss, t_logits = self.estimate_gradient(x.detach())
-        # ascend L: the surrogate -sum(x * grad) has gradient -grad . dx/dtheta
-        objective = -(x * grad).sum() / x.shape[0]
+        # ascend L: the surrogate -sum(x * grad) / N has gradient -(1/N) grad . dx/dtheta (its value is not L)
+        terms = {"adv": -(x * grad).sum() / x.shape[0]}
         losses = {"adv": float(-loss.mean())}
-        if self.info:
+        if self.w["info"]:
             with self.scoring_student() as student:
-                balance = information_entropy_loss(student(x))
-            objective = objective + self.info * balance
-            losses["info"] = float(balance.detach())
-        self.generator_step(objective)
+                terms["info"] = information_entropy_loss(student(x))
+            losses["info"] = float(terms["info"].detach())
+        self.generator_step(self.weighted_total(terms))
         return SynthBatch(images=x.detach(), losses=losses, teacher_logits=t_logits)

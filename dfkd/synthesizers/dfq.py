@@ -26,12 +26,17 @@ from dfkd.hooks import BNStatHooks
 from dfkd.losses import information_entropy_loss, kd_kl
 from dfkd.synthesizers.base import SYNTHESIZERS, SynthBatch
 from dfkd.synthesizers.generative import GeneratorSynthesizer
+from dfkd.synthesizers.terms import Term
 
 
 @SYNTHESIZERS.register("dfq")
 class DFQ(GeneratorSynthesizer):
     uses_bn_stats = True
     test_settings = {"batch_size": 8, "nz": 8, "ngf": 4}
+    objective_terms = {"bn": Term("bn_distance", "lower", "bn"), "oh": Term("teacher_ce_own_label", "lower", "oh"),
+                       "balance": Term("teacher_class_balance", "raise", "balance"),
+                       "adv": Term("teacher_student_kl", "raise", "adv")}
+
 
     def __init__(self, batch_size: int = 256, nz: int = 256, ngf: int = 64, lr: float = 1e-3, betas=(0.5, 0.999),
                  bn: float = 1.0, oh: float = 1.0, balance: float = 20.0, adv: float = 1.0,

@@ -29,6 +29,7 @@ from dfkd.losses import decision_adversarial_loss
 from dfkd.models.generators import UpsampleGenerator
 from dfkd.synthesizers.base import SYNTHESIZERS, LowestLoss, SynthBatch, Synthesizer
 from dfkd.synthesizers.momentum_bn import MomentumBNStatistics
+from dfkd.synthesizers.terms import Term
 
 
 @SYNTHESIZERS.register("fastdfkd")
@@ -37,6 +38,8 @@ class FastDFKD(MomentumBNStatistics, Synthesizer):
     uses_bn_stats = True
     test_settings = {"batch_size": 8, "nz": 8, "ngf": 4, "g_steps": 2, "adversarial_after": 3, "reset_l0_at": 5,
                      "augment": [{"name": "RandomHorizontalFlip"}]}
+    objective_terms = {"bn": Term("bn_distance", "lower", "bn"), "oh": Term("teacher_ce_to_targets", "lower", "oh"),
+                       "adv": Term("teacher_student_kl_where_agreeing", "raise", "adv")}
 
     def __init__(self, batch_size: int = 256, nz: int = 256, ngf: int = 64, g_steps: int = 2, lr_g: float = 5e-3,
                  lr_z: float = 0.015, meta_lr: float | None = None, bn: float = 10.0, oh: float = 0.4,

@@ -46,6 +46,7 @@ from dfkd.teachers.black_box import logits_from_answers
 from dfkd.losses import mean_negative_entropy
 from dfkd.models.generators import UpsampleGenerator, reinitialize
 from dfkd.synthesizers.base import SYNTHESIZERS, LowestLoss, SynthBatch, Synthesizer
+from dfkd.synthesizers.terms import Term
 
 
 @SYNTHESIZERS.register("ideal")
@@ -53,12 +54,15 @@ class IDEAL(Synthesizer):
     access = "label"
     sets_gradients_by_hand = True  # its per-batch generator steps outside Lightning: no fp16 loss scaling
     test_settings = {"batch_size": 8, "nz": 8, "ngf": 4, "g_steps": 2}
+    objective_terms = {"ce": Term("student_ce_to_targets", "lower"),
+                       "info": Term("student_prediction_entropy", "raise", "info")}
 
     def __init__(self, batch_size: int = 256, nz: int = 256, ngf: int = 64, lr: float = 1e-3, betas=(0.5, 0.999),
                  g_steps: int = 30, info: float = 5.0, head: str = "sigmoid", augment=(), **data):
         super().__init__(batch_size, **data)
         c, h, _ = self.image_shape
-        self.nz, self.g_steps, self.info = int(nz), int(g_steps), float(info)
+        self.nz, self.g_steps = int(nz), int(g_steps)
+        self.w = {"ce": 1.0, "info": float(info)}
         self.lr, self.betas = float(lr), tuple(betas)
         # redrawn every call, so not part of the state (held outside the module tree, like CMI's)
         object.__setattr__(self, "_generator", UpsampleGenerator(nz, ngf, h, c, head=head))
@@ -83,9 +87,9 @@ class IDEAL(Synthesizer):
             for _ in range(self.g_steps):
                 x = self.generate(z)
                 logits = student(self.augment(x))
-                ce, info = F.cross_entropy(logits, y), mean_negative_entropy(logits)
-                loss = ce + self.info * info
-                lowest.offer(loss, x, ce, info)
+                terms = {"ce": F.cross_entropy(logits, y), "info": mean_negative_entropy(logits)}
+                loss = self.weighted_total(terms)
+                lowest.offer(loss, x, terms["ce"], terms["info"])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()  # reaches G only: the student is frozen, the teacher is not involved
                 opt.step()

@@ -23,12 +23,15 @@ still differs from the teacher (as ZSKT/DFAD do).
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 
 from dfkd.losses import image_l2, kd_kl, tv_l1
 from dfkd.models.generators import KegNetDecoder, KegNetGenerator
 from dfkd.synthesizers.base import SYNTHESIZERS, SynthBatch, Synthesizer
+from dfkd.synthesizers.terms import MEASURES, Term
 
 
 def diversity_loss(z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -40,14 +43,38 @@ def diversity_loss(z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.exp(-(dz * dx).mean())
 
 
+def decoder_noise_error(syn: "KegNet", batch=None, n: int = 32) -> float:
+    """How far each decoder is from recovering the noise its generator was given: mean squared error over n fixed
+    (y, z) draws per generator (a measure of `dfkd.synthesizers.terms`; the generators' state is left as it was)."""
+    g = torch.Generator().manual_seed(0)
+    errors = []
+    for gen, dec in zip(syn.generators, syn.decoders):
+        y = torch.randint(syn.num_classes, (n,), generator=g).to(syn.ctx.device)
+        z = torch.randn(n, syn.nz, generator=g).to(syn.ctx.device)
+        gen = copy.deepcopy(gen).train()  # batch statistics, as in training, without moving the running ones
+        errors.append(float((dec(gen(F.one_hot(y, syn.num_classes).float(), z)) - z).pow(2).mean()))
+    return sum(errors) / len(errors)
+
+
+MEASURES["decoder_noise_error"] = decoder_noise_error
+
+
 @SYNTHESIZERS.register("kegnet")
 class KegNet(Synthesizer):
     bounded_images = False  # the paper's head standardizes each image; `head="sigmoid"` sets it True
-    test_settings = {"batch_size": 8, "generators": 2, "nz": 4, "beta": 1.0, "tv": 0.1, "l2": 0.01, "adv": 0.1}
+    test_settings = {"batch_size": 8, "generators": 2, "nz": 4, "beta": 1.0, "tv": 0.1, "adv": 0.1}
+    direction_settings = {"head": "sigmoid"}  # the l2 prior acts on [0,1] images only (see __init__)
+    objective_terms = {"cls": Term("teacher_ce_to_targets", "lower"),
+                       "dec": Term("decoder_noise_error", "lower", "alpha"),
+                       "div": Term("image_spread", "raise", "beta"), "tv": Term("roughness", "lower", "tv"),
+                       "l2": Term("image_norm", "lower", "l2"), "adv": Term("teacher_student_kl", "raise", "adv")}
     def __init__(self, batch_size: int = 256, generators: int = 5, nz: int = 10, width: int = 1, dec_layers: int = 1,
                  lr: float = 1e-3, alpha: float = 1.0, beta: float = 0.0, head: str = "standardize", tv: float = 0.0,
                  l2: float = 0.0, adv: float = 0.0, **data):
         super().__init__(batch_size, **data)
+        if l2 and head != "sigmoid":
+            raise ValueError(f"synthesizer.l2={l2} does nothing with head={head}: each image is standardized, so "
+                             f"its norm is fixed. Use head=sigmoid with l2, or l2=0.")
         c, h, w = self.image_shape
         self.nz, self.w = int(nz), {"cls": 1.0, "dec": alpha, "div": beta, "tv": tv, "l2": l2, "adv": adv}
         self.bounded_images = head == "sigmoid"

@@ -42,6 +42,7 @@ from dfkd.losses import decision_adversarial_loss
 from dfkd.models.generators import UpsampleGenerator
 from dfkd.synthesizers.base import SYNTHESIZERS, LowestLoss, SynthBatch, Synthesizer
 from dfkd.synthesizers.momentum_bn import MomentumBNStatistics
+from dfkd.synthesizers.terms import Term
 
 
 def load_label_embeddings(path: str | None, num_classes: int) -> torch.Tensor:
@@ -84,6 +85,9 @@ class NAYER(MomentumBNStatistics, Synthesizer):
     sets_gradients_by_hand = True  # gradients averaged over ranks by hand (torch.autograd.grad): no fp16 scaling
     test_settings = {"batch_size": 8, "noise_dim": 8, "ngf": 4, "g_steps": 2, "adversarial_after": 1,
                      "generator_life": 3}
+    direction_settings = {"g_steps": 8, "augment": [{"name": "RandomHorizontalFlip"}]}  # flips keep BN statistics
+    objective_terms = {"bn": Term("bn_distance", "lower", "bn"), "oh": Term("teacher_ce_to_targets", "lower", "oh"),
+                       "adv": Term("teacher_student_kl_where_agreeing", "raise", "adv")}
 
     def __init__(self, batch_size: int = 400, noise_dim: int = 1000, ngf: int = 64, g_steps: int = 30,
                  lr_g: float = 4e-3, bn: float = 10.0, oh: float = 0.5, adv: float = 1.33, bn_momentum: float = 0.9,

@@ -32,19 +32,23 @@ from dfkd.hooks import BNStatHooks
 from dfkd.losses import information_entropy_loss, kd_kl_elementwise
 from dfkd.synthesizers.base import SYNTHESIZERS, SynthBatch
 from dfkd.synthesizers.generative import GeneratorSynthesizer
+from dfkd.synthesizers.terms import Term
 
 
 @SYNTHESIZERS.register("zskt")
 class ZSKT(GeneratorSynthesizer):
     test_settings = {"batch_size": 8, "nz": 8, "ngf": 4, "cosine_steps": 10, "bn_prior": 1.0, "balance": 1.0}
+    objective_terms = {"adv": Term("teacher_student_kl", "raise"),
+                       "ie": Term("teacher_class_balance", "raise", "balance"),
+                       "bn": Term("bn_distance", "lower", "bn_prior")}
+
     def __init__(self, batch_size: int = 128, nz: int = 100, ngf: int = 64, lr: float = 1e-3, betas=(0.9, 0.999),
                  grad_clip: float = 5.0, cosine_steps: int | None = None, head: str = "bn", balance: float = 0.0,
                  bn_prior: float = 0.0, **data):
         super().__init__(batch_size, nz=nz, ngf=ngf, head=head, lr=lr, betas=betas, grad_clip=grad_clip,
                          cosine_steps=cosine_steps, **data)
-        self.balance = float(balance)
-        self.bn_prior = float(bn_prior)
-        self.uses_bn_stats = self.bn_prior > 0
+        self.w = {"adv": 1.0, "ie": float(balance), "bn": float(bn_prior)}
+        self.uses_bn_stats = self.w["bn"] > 0
         self.bn_hooks: BNStatHooks | None = None
 
     def attach(self, teacher, student, ctx):
@@ -58,19 +62,14 @@ class ZSKT(GeneratorSynthesizer):
             s_logits = student(x)
         with self.bn_hooks.recording() if self.bn_hooks is not None else contextlib.nullcontext():
             t_logits = self.teacher(x)
-        belief = kd_kl_elementwise(s_logits, t_logits, 1.0)
-        losses = {}
-        loss = -belief
-        if self.balance:
-            ie = information_entropy_loss(t_logits)
-            loss = loss + self.balance * ie
-            losses["ie"] = float(ie.detach())
+        terms = {"adv": -kd_kl_elementwise(s_logits, t_logits, 1.0)}  # the generator ascends the belief gap
+        if self.w["ie"]:
+            terms["ie"] = information_entropy_loss(t_logits)
         if self.bn_hooks is not None:
-            bn = self.bn_hooks.loss()
-            loss = loss + self.bn_prior * bn
-            losses["bn"] = float(bn.detach())
-        self.generator_step(loss)
+            terms["bn"] = self.bn_hooks.loss()
+        self.generator_step(self.weighted_total(terms))
         with torch.no_grad():
             pseudo = self.generate(z)  # the pseudo-batch the student trains on, from the updated generator
-        losses.update(adv=float(-belief.detach()), disagreement=self.disagreement(s_logits, t_logits))
+        losses = {k: float(v.detach()) for k, v in terms.items()}
+        losses["disagreement"] = self.disagreement(s_logits, t_logits)
         return SynthBatch(images=pseudo, losses=losses)
