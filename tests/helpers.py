@@ -63,6 +63,45 @@ def run(tmp_path, recipe: str, *overrides) -> dict:
     return main(compose(recipe, [f"paths.runs={tmp_path}", *overrides]))
 
 
+class Killed(Exception):
+    """Raised in place of the SIGKILL of `debug.kill_at_iteration` by `run_killed`."""
+
+
+def run_killed(tmp_path, recipe: str, *overrides) -> None:
+    """A run (in this process) that dies at `debug.kill_at_iteration` (among `overrides`) leaving its folder as a
+    SIGKILL would: the folder is copied the moment the kill comes, the run is stopped by an exception, and the copy
+    is put back in place of whatever the stopping wrote. (One real SIGKILL of a subprocess is in test_user_errors.)"""
+    import shutil
+
+    import pytest
+
+    from dfkd.runs import callbacks
+
+    folder = tmp_path / next(o.split("=", 1)[1] for o in overrides if o.startswith("run="))
+    saved = tmp_path / "at_the_kill"
+
+    def kill(pid, sig):
+        shutil.copytree(folder, saved)
+        raise Killed
+
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(Killed):
+        patch.setattr(callbacks.os, "kill", kill)
+        run(tmp_path, recipe, *overrides)
+    shutil.rmtree(folder)
+    saved.rename(folder)
+
+
+def command(tmp_path, recipe: str, *overrides, capture) -> tuple[int, str, str]:
+    """`python train.py recipe=...` run in this process (`capture`: pytest's capfd): (exit status, stdout, stderr).
+    The console output and exit status of the command line without a new interpreter's start-up."""
+    from dfkd.runs.cli import main
+
+    capture.readouterr()
+    status = main([f"recipe={recipe}", f"paths.runs={tmp_path}", *overrides])
+    out, err = capture.readouterr()
+    return status, out, err
+
+
 def train(tmp_path, recipe, *overrides, check=True, env=None):
     """`python train.py recipe=...` as a user runs it (a subprocess)."""
     cmd = [sys.executable, str(ROOT / "train.py"), f"recipe={recipe}", f"paths.runs={tmp_path}", *overrides]

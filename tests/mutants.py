@@ -1,7 +1,7 @@
 """Mutation check of the objectives: does the default suite notice a wrong sign or weight? Not part of the suite
 (it runs the suite's objective tests once per mutant, about ten seconds each):
 
-    python -m tests.mutants [--only NAME ...] [--report docs/notes/mutants.md]
+    python -m tests.mutants [--only NAME ...] [--kinds KIND ...] [--tests FILE ...] [--report docs/notes/mutants.md]
 
 The mutants are found by walking the syntax tree of dfkd/losses.py and dfkd/synthesizers/*.py (terms.py, the
 checker's own measures, excluded), so no loss term is left out by hand:
@@ -136,7 +136,7 @@ def tests_for(path: Path) -> list[str]:
     return tests + ([str(own.relative_to(ROOT))] if own.exists() else [])
 
 
-def killed(m: Mutant, timeout: int = 600) -> tuple[bool, str]:
+def killed(m: Mutant, tests: list[str] | None = None, timeout: int = 600) -> tuple[bool, str]:
     source = m.path.read_text()
     mutated = source[: m.start] + m.replacement + source[m.end:]
     try:
@@ -146,9 +146,9 @@ def killed(m: Mutant, timeout: int = 600) -> tuple[bool, str]:
     m.path.write_text(mutated)
     try:
         cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-m", "not slow",
-               "--no-header", "-o", "addopts=", *tests_for(m.path)]
+               "--no-header", "-o", "addopts=", *(tests or tests_for(m.path))]
         if m.path.parent.name == "synthesizers" and m.path.stem not in ("base", "generative", "momentum_bn"):
-            cmd += ["-k", f"not test_objectives or {m.path.stem}"]
+            cmd += ["-k", m.path.stem if tests else f"not test_objectives or {m.path.stem}"]
         out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
         first = next((ln for ln in out.stdout.splitlines() if ln.startswith("FAILED")), "")
         return out.returncode != 0, first.removeprefix("FAILED ")[:110]
@@ -168,6 +168,8 @@ def main(argv=None) -> int:
     ap.add_argument("--only", nargs="*", help="file stems to mutate (e.g. dafl losses)")
     ap.add_argument("--kinds", nargs="*", help="mutation kinds (sign weight-zero weight-sign swap detach-add "
                                               "detach-remove)")
+    ap.add_argument("--tests", nargs="*", help="judge by these test files alone (a method's mutants by its own "
+                                              "cases in them), e.g. to see what tests/test_learning.py catches")
     ap.add_argument("--list", action="store_true", help="list the mutants and stop")
     ap.add_argument("--survivors", type=Path, help="rerun only the mutants this earlier report lists as surviving")
     ap.add_argument("--report", type=Path, help="write the table of results to this Markdown file")
@@ -182,7 +184,7 @@ def main(argv=None) -> int:
         return 0
     rows, t0 = [], time.time()
     for i, m in enumerate(mutants, 1):
-        dead, why = killed(m)
+        dead, why = killed(m, a.tests)
         rows.append((m, dead, why))
         print(f"[{i}/{len(mutants)}] {'killed  ' if dead else 'SURVIVED'} {m.describe()}  {why}", flush=True)
     survivors = [(m, why) for m, dead, why in rows if not dead]

@@ -138,7 +138,8 @@ def test_bench_command_writes_table_csv_and_plot(tmp_path):
     bench = tmp_path / "bench"
     with (bench / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert [(r["recipe"], r["seed"], r["status"]) for r in rows] == [("dafl_lenet", "3", "ok"), ("dfad_lenet", "3", "ok")]
+    assert [(r["recipe"], r["seed"], r["status"]) for r in rows] == [("dafl_lenet", "3", "ok"),
+                                                                     ("dfad_lenet", "3", "ok")]
     for r in rows:
         run = bench / "runs" / f"{r['recipe']}_s{r['seed']}"
         summary = json.loads((run / "summary.json").read_text())

@@ -1,10 +1,11 @@
 import math
 
+import pytest
 import torch
 
 from dfkd.synthesizers import SYNTHESIZERS
 from dfkd.synthesizers.deepinversion import cosine_lr
-from tests.helpers import assert_teacher_untouched, teacher_snapshot, tiny_pair
+from tests.helpers import assert_teacher_untouched, bn_loss_by_hand, teacher_snapshot, tiny_pair
 
 
 def make(**kw):
@@ -78,3 +79,36 @@ def test_cosine_lr_policy():
     assert cosine_lr(1.0, 10, 100, 10) == 1.0
     assert math.isclose(cosine_lr(1.0, 55, 100, 10), 0.5)
     assert cosine_lr(1.0, 0, 100, 0) == 1.0
+
+
+def test_each_term_and_the_weighted_total_match_a_hand_computation():
+    """DeepInversion eq. 2-8 on one batch, computed here from the teacher's BN inputs and both networks' logits.
+    Fails on a sign mutant of any term (ADI's competition term `1 - JS` negated among them), and on any weight set
+    to zero or negated (the weights below are distinct and all non-zero)."""
+    w = dict(bn=0.7, ce=1.3, tv_l2=0.02, tv_l1=0.05, l2=0.01, adi=0.4)
+    syn, teacher, student = make(first_bn_multiplier=1.0, **w)
+    student.eval()
+    bn_inputs = []
+    bns = [m for m in teacher.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for m in bns:
+        m.register_forward_hook(lambda m, i, o: bn_inputs.append((m, i[0].detach())))
+    torch.manual_seed(0)
+    pixels, targets = torch.randn(8, 1, 12, 12), torch.randint(0, 4, (8,))
+    terms = syn.loss_terms(pixels, targets, student)
+
+    x01 = pixels * 0.25 + 0.5
+    with torch.no_grad():
+        t, s = teacher(x01), student(x01)
+    diffs = [pixels[..., :, :-1] - pixels[..., :, 1:], pixels[..., :-1, :] - pixels[..., 1:, :],
+             pixels[..., 1:, :-1] - pixels[..., :-1, 1:], pixels[..., :-1, :-1] - pixels[..., 1:, 1:]]
+    p, q = torch.softmax(s / 3.0, 1).clamp(0.01, 0.99), torch.softmax(t / 3.0, 1).clamp(0.01, 0.99)
+    m = (0.5 * (torch.softmax(s / 3.0, 1) + torch.softmax(t / 3.0, 1))).clamp(0.01, 0.99)
+    js = (0.5 * (p * (p / m).log()).sum(1) + 0.5 * (q * (q / m).log()).sum(1)).mean()
+    hand = {"bn": bn_loss_by_hand(bn_inputs[-len(bns):], len(bns)),
+            "ce": -torch.log_softmax(t, 1).gather(1, targets[:, None]).mean(),
+            "tv_l2": sum(d.pow(2).sum().sqrt() for d in diffs), "tv_l1": sum(d.abs().mean() for d in diffs),
+            "l2": pixels.flatten(1).pow(2).sum(1).sqrt().mean(), "adi": 1 - js}
+    for k, v in hand.items():
+        assert terms[k].item() == pytest.approx(v.item(), rel=1e-4), k
+    total = sum(w[k] * hand[k] for k in w)
+    assert syn.weighted_total(terms).item() == pytest.approx(total.item(), rel=1e-4)

@@ -10,7 +10,7 @@ from dfkd.runs.config import ConfigError, compose
 from dfkd.errors import DfkdError
 from dfkd.runs.export import export_run
 from dfkd.errors import RunError
-from tests.helpers import LOOP, load_ckpt, run, small, train
+from tests.helpers import LOOP, command, load_ckpt, run, small, train
 
 TINY = [*LOOP, *small("deepinversion_resnet")]
 
@@ -27,10 +27,10 @@ def finished(tmp_path_factory):
     return runs, runs / "done"
 
 
-def test_a_wrong_value_is_one_message_and_debug_shows_the_traceback(tmp_path):
-    out = train(tmp_path, "deepinversion_resnet", "distill.epochs=abc", check=False)
-    assert out.returncode == 2 and "Traceback" not in out.stderr
-    assert "distill.epochs=abc: expected a whole number" in out.stderr
+def test_a_wrong_value_is_one_message_and_debug_shows_the_traceback(tmp_path, capfd):
+    status, _, err = command(tmp_path, "deepinversion_resnet", "distill.epochs=abc", capture=capfd)
+    assert status == 2 and "Traceback" not in err
+    assert "distill.epochs=abc: expected a whole number" in err
     debug = train(tmp_path, "deepinversion_resnet", "synthesizer.lr=fast", "--debug", check=False)
     assert debug.returncode == 1 and "Traceback" in debug.stderr and "synthesizer.lr=fast" in debug.stderr
     assert not (tmp_path / "deepinversion_resnet").exists()
@@ -89,7 +89,7 @@ def test_a_resume_with_other_settings_is_refused_and_changes_nothing(finished):
     export_run(folder)  # the folder is still a good run
 
 
-def test_a_corrupt_last_checkpoint_names_the_intact_one_and_resume_best_uses_it(finished, tmp_path):
+def test_a_corrupt_last_checkpoint_names_the_intact_one_and_resume_best_uses_it(finished, tmp_path, capfd):
     runs, folder = finished
     work = tmp_path / "copy"
     work.mkdir()
@@ -98,32 +98,34 @@ def test_a_corrupt_last_checkpoint_names_the_intact_one_and_resume_best_uses_it(
             (work / p.name).write_bytes(p.read_bytes())
     (work / "last.ckpt").write_bytes((work / "last.ckpt").read_bytes()[:5000])  # a write cut short
     before = digest(work)
-    out = train(tmp_path, "deepinversion_resnet", "run=copy", *TINY, "resume=true", "distill.epochs=3", check=False)
-    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
-    assert "cannot be read" in out.stderr and "resume=best" in out.stderr and "weights_only" not in out.stderr
+    status, _, err = command(tmp_path, "deepinversion_resnet", "run=copy", *TINY, "resume=true", "distill.epochs=3",
+                             capture=capfd)
+    assert status == 2 and "Traceback" not in err, err[-2000:]
+    assert "cannot be read" in err and "resume=best" in err and "weights_only" not in err
     assert digest(work) == before
     with pytest.raises(DfkdError, match="--ckpt best"):  # export names the intact checkpoint too
         export_run(work, "last")
 
 
-def test_resume_best_continues_and_the_progress_bar_starts_where_it_stopped(tmp_path):
+def test_resume_best_continues_and_the_progress_bar_starts_where_it_stopped(tmp_path, capfd):
     # a finished run whose accuracy peaked before its end: best.ckpt from iteration 2, last.ckpt from iteration 4.
     # Made by hand rather than left to the curve of a tiny run, which may as well peak at its last evaluation.
     killed = train(tmp_path, "deepinversion_resnet", "run=done", *TINY, "debug.kill_at_iteration=3", check=False)
     assert killed.returncode == -9, killed.stderr[-2000:]
     folder = tmp_path / "done"
     at_two = (folder / "last.ckpt").read_bytes()
-    train(tmp_path, "deepinversion_resnet", "run=done", *TINY, "resume=true")
+    assert command(tmp_path, "deepinversion_resnet", "run=done", *TINY, "resume=true", capture=capfd)[0] == 0
     assert load_ckpt(folder / "last.ckpt")["dfkd"]["iteration"] == 4
     (folder / "best.ckpt").write_bytes(at_two)
     assert load_ckpt(folder / "best.ckpt")["dfkd"]["iteration"] == 2
 
-    out = train(tmp_path, "deepinversion_resnet", "run=done", *TINY, "resume=best", "distill.epochs=3", check=False)
-    assert out.returncode == 2 and "distill.epochs" in out.stderr  # a longer schedule is another run ...
-    out = train(tmp_path, "deepinversion_resnet", "run=done", *TINY, "resume=best")
+    status, _, err = command(tmp_path, "deepinversion_resnet", "run=done", *TINY, "resume=best", "distill.epochs=3",
+                             capture=capfd)
+    assert status == 2 and "distill.epochs" in err  # a longer schedule is another run ...
+    status, out, err = command(tmp_path, "deepinversion_resnet", "run=done", *TINY, "resume=best", capture=capfd)
     # ... a resume picks up where best.ckpt stopped: its bar starts there and ends at the run's end
-    assert "2/4" in out.stderr and "4/4" in out.stderr and "0/4" not in out.stderr, out.stderr
-    assert "resuming from best.ckpt" in out.stdout
+    assert status == 0 and "2/4" in err and "4/4" in err and "0/4" not in err, err
+    assert "resuming from best.ckpt" in out
 
 
 def test_an_unwritable_runs_folder_is_reported_before_training(tmp_path):
