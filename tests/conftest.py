@@ -8,6 +8,23 @@ recipe_plugins()
 
 
 @pytest.fixture
+def kd_losses(monkeypatch):
+    """Every KD loss the loop computes in this test, in order (seen through its divergence guard, which checks
+    each one)."""
+    from dfkd.loop.guards import Guards
+
+    seen, check = [], Guards.finite
+
+    def record(self, name, value, part):
+        if name == "KD loss":
+            seen.append(float(value))
+        return check(self, name, value, part)
+
+    monkeypatch.setattr(Guards, "finite", record)
+    return seen
+
+
+@pytest.fixture
 def tiny():
     """(teacher, student, ctx): a random ResNet-8 pair on 1x12x12 images of 4 classes."""
     from tests.helpers import tiny_pair

@@ -15,7 +15,7 @@ from dfkd.runs.build import build_student
 from dfkd.runs.config import compose
 from dfkd.synthesizers import SYNTHESIZERS
 from dfkd.teachers.build import build_teacher
-from tests.helpers import LOOP, check_run_folder, run, small
+from tests.helpers import LOOP, SMOKE_KD_STEPS, check_kd_loss_fell, check_run_folder, run, small
 
 CIFAR10_RECIPES = suite_recipes("cifar10")
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -59,14 +59,11 @@ def test_student_has_at_least_3x_fewer_parameters_than_the_shipped_teacher(recip
 
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", CIFAR10_RECIPES)
-def test_every_cifar10_recipe_runs_a_smoke_step_on_an_archive(tmp_path, archive, recipe):
-    s = check_run_folder(_smoke(tmp_path, archive, recipe), channels=3, size=32)
+def test_every_cifar10_recipe_runs_a_smoke_step_on_an_archive(tmp_path, archive, recipe, kd_losses):
+    run(tmp_path, recipe, "run=smoke", *data_on(archive), *LOOP, *small(recipe), *SMOKE_KD_STEPS)
+    s = check_run_folder(tmp_path / "smoke", channels=3, size=32)
     assert s["teacher"]["arch"] == "resnet20"
-
-
-def _smoke(tmp_path, archive, recipe):
-    run(tmp_path, recipe, "run=smoke", *data_on(archive), *LOOP, *small(recipe))
-    return tmp_path / "smoke"
+    check_kd_loss_fell(kd_losses, recipe)
 
 
 def test_the_cifar10_bench_needs_the_data_path_and_says_how(tmp_path, capsys):

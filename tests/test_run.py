@@ -1,6 +1,7 @@
 """Runs of the recipes: every embedded recipe for a few iterations (in-process), every paper-scale recipe built
 (compose, every part, one forward), one real command-line run and DDP runs (subprocesses, as a user runs them),
-and the run-level error paths. Budgets are tiny: these check wiring, state and files, not accuracy."""
+and the run-level error paths. Budgets are tiny: these check wiring, state, files and a falling KD loss, not
+accuracy (tests/test_learning.py)."""
 import json
 
 import pytest
@@ -13,17 +14,20 @@ from dfkd.runs.config import compose
 from dfkd.runs.run import main
 from dfkd.synthesizers import SynthContext
 from dfkd.teachers.build import build_teacher
-from tests.helpers import (FAKE, LOOP, check_run_folder, distill_recipes, embedded_distill_recipes, load_ckpt, run,
-                           small, train)
+from tests.helpers import (FAKE, LOOP, SMOKE_KD_STEPS, check_kd_loss_fell, check_run_folder, distill_recipes,
+                           embedded_distill_recipes, load_ckpt, run, small, train)
 
 PAPER_SCALE = sorted(set(distill_recipes()) - set(embedded_distill_recipes()))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", embedded_distill_recipes())
-def test_every_embedded_recipe_runs_a_smoke_step(tmp_path, recipe):
-    run(tmp_path, recipe, "run=smoke", *LOOP, *small(recipe))
+def test_every_embedded_recipe_runs_a_smoke_step(tmp_path, recipe, kd_losses):
+    """Files, state and a KD loss that fell (accuracy margins need more than 4 iterations: tests/test_learning.py
+    and the own-teacher command-line run assert them)."""
+    run(tmp_path, recipe, "run=smoke", *LOOP, *small(recipe), *SMOKE_KD_STEPS)
     check_run_folder(tmp_path / "smoke")
+    check_kd_loss_fell(kd_losses, recipe)
 
 
 @pytest.mark.parametrize("recipe", PAPER_SCALE)
