@@ -3,19 +3,17 @@ must write the table, the CSV and the plot; throughput measurement on a tiny bat
 import csv
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from dfkd.bench.suite import (against_baseline, aggregate, describe, embedded_recipes, failure_status, finished_run,
-                        mean_std, run_args, seconds_to_reach)
+from dfkd.bench.suite import (against_baseline, aggregate, cli, describe, embedded_recipes, failure_status,
+                              finished_run, mean_std, run_args, seconds_to_reach)
 from dfkd.runs.curve import append_curve, read_curve
 from dfkd.errors import STILL_AT_CHANCE
 from dfkd.runs.export import load_student
 
-from tests.helpers import LOOP, ROOT, run, small
+from tests.helpers import LOOP, run, small
 
 
 def test_mean_std_by_hand():
@@ -129,12 +127,14 @@ def test_a_tucker_run_keeps_its_recipe_and_records_the_ranks_it_chose_beside_it(
     assert set(built.arch_kwargs["ranks"]) == set(built.arch_kwargs["layers"])
 
 
-def test_bench_command_writes_table_csv_and_plot(tmp_path):
+def test_bench_command_writes_table_csv_and_plot(tmp_path, capfd):
+    """`python -m dfkd.bench ...`, called in this process (each of its runs is a subprocess of its own)."""
     tiny = [*LOOP, "synthesizer.batch_size=8", "synthesizer.ngf=4"]  # valid for both generator methods
-    cmd = [sys.executable, "-m", "dfkd.bench", "dafl_lenet", "dfad_lenet", "--seeds", "3", "--minutes", "5",
-           "--out", str(tmp_path / "bench"), "--set", *tiny]
-    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    args = ["dafl_lenet", "dfad_lenet", "--seeds", "3", "--minutes", "5", "--out", str(tmp_path / "bench"),
+            "--set", *tiny]
+    status = cli(args)
+    out, err = capfd.readouterr()
+    assert status == 0, out[-3000:] + err[-3000:]
     bench = tmp_path / "bench"
     with (bench / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -160,8 +160,9 @@ def test_bench_command_writes_table_csv_and_plot(tmp_path):
 
     # --resume reads the finished runs back instead of running them again, but only those with the same settings
     summaries = {p: p.stat().st_mtime_ns for p in (bench / "runs").glob("*/summary.json")}
-    res = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert res.returncode == 0 and "--resume: 2 finished runs read back" in res.stdout, res.stdout + res.stderr
+    status = cli(args + ["--resume"])
+    out, err = capfd.readouterr()
+    assert status == 0 and "--resume: 2 finished runs read back" in out, out + err
     assert {p: p.stat().st_mtime_ns for p in summaries} == summaries  # nothing ran again
     with (bench / "results.csv").open() as f:
         assert list(csv.DictReader(f)) == rows
@@ -173,8 +174,6 @@ def test_bench_command_writes_table_csv_and_plot(tmp_path):
 
 
 def test_bench_rejects_unknown_recipe(tmp_path, capsys):
-    from dfkd.bench.suite import cli
-
     assert cli(["nope", "--out", str(tmp_path)]) == 2 and "unknown recipe" in capsys.readouterr().err
 
 
