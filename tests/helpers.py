@@ -151,7 +151,7 @@ GENERATOR_CASES = {
     "dfad": dict(batch_size=8, ngf=4, nz=8),
     "zskt": dict(batch_size=8, ngf=4, nz=8, cosine_steps=10),
     "fastdfkd": dict(batch_size=8, ngf=4, nz=8, g_steps=3, adversarial_after=0, reset_l0_at=None,
-                     augment=[{"name": "RandomCrop", "size": [12, 12], "padding": 1}]),
+                     augment=[{"name": "RandomCrop", "padding": 1}]),
     "kegnet": dict(batch_size=8, generators=2, nz=4, beta=1.0),
 }
 

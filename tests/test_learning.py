@@ -37,7 +37,7 @@ KD_LOSSES = {"kl": kd_kl, "l1": kd_l1}  # l1: the student loss of DFAD and DFME'
 LEARNING = {
     "deepinversion": ({"batch_size": 64, "iterations": 40, "lr": 0.25}, 8, 25),
     "cmi": ({**SMALL_GENERATOR, "g_steps": 20, "lr_g": 0.1, "adv": 0.0, "flip": False, "head_dim": 32,
-             "memory_size": 1024, "n_neg": 256, "augment": [{"name": "RandomCrop", "size": [12, 12], "padding": 1}]},
+             "memory_size": 1024, "n_neg": 256, "augment": [{"name": "RandomCrop", "padding": 1}]},
             8, 30),
     "dafl": ({**SMALL_GENERATOR, "lr": 0.02}, 40, 3),
     "kegnet": ({"batch_size": 64, "nz": 16}, 40, 6),

@@ -94,6 +94,8 @@ def test_extra_state_round_trips_and_reproduces_synthesis(name):
     a, *_ = build(name)
     a.synthesize()
     weights, extra, opts = _state(a)
+    graphs = [k for k, v in _tensors(a.extra_state()) if v.requires_grad]
+    assert not graphs, f"{name}: extra state {graphs} holds an autograd graph (a .detach() missing)"
     buf = io.BytesIO()
     torch.save(extra, buf)  # tensors and plain values only: loadable with weights_only=True
     extra = torch.load(io.BytesIO(buf.getvalue()), weights_only=True)
@@ -109,6 +111,18 @@ def test_extra_state_round_trips_and_reproduces_synthesis(name):
     torch.manual_seed(7)
     xb = b.synthesize().images
     torch.testing.assert_close(xb, xa, msg=f"{name}: the restored synthesizer made different images")
+
+
+def _tensors(value, where=""):
+    """(path, tensor) of every tensor in a nest of dicts and lists."""
+    if isinstance(value, torch.Tensor):
+        yield where, value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _tensors(v, f"{where}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from _tensors(v, f"{where}[{i}]")
 
 
 def _assert_same(a, b, where=""):

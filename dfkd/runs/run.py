@@ -71,9 +71,10 @@ def run_distill(cfg: DictConfig) -> dict | None:
     d = cfg.distill
     timer = build_timer(cfg.trainer.max_minutes)
     mean, std = teacher_normalization(cfg)
+    shape = image_shape(cfg.data)
     module = DistillModule(teacher, student, synthesizer, to_plain(d), to_plain(cfg.bank),
-                           build_augment(to_plain(cfg.augment)), num_classes=cfg.data.num_classes,
-                           image_shape=image_shape(cfg.data), mean=mean, std=std, seed=cfg.seed,
+                           build_augment(to_plain(cfg.augment), shape[1:]), num_classes=cfg.data.num_classes,
+                           image_shape=shape, mean=mean, std=std, seed=cfg.seed,
                            timer=timer, lr_settings=_lr_settings(cfg))
     callbacks = [timer, RunProgressBar(), SynthesisCostNote(),
                  ImageGridLogger(cfg.log.image_every, cfg.log.grid_size), CurveLogger(run_dir / "curve.csv")]

@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from dfkd.augment import build_augment
-from dfkd.data import build_splits
+from dfkd.data import build_splits, image_shape
 from dfkd.models import count_params
 from dfkd.models.evaluate import evaluate
 from dfkd.models.files import save_model_file
@@ -34,7 +34,7 @@ def train_teacher(cfg: DictConfig) -> dict | None:
     train_loader = DataLoader(splits.train, batch_size=int(tr.batch_size), shuffle=True, drop_last=True,
                               num_workers=int(d.num_workers), generator=g)
     val_loader = DataLoader(splits.val, batch_size=int(d.eval_batch_size), num_workers=int(d.num_workers))
-    module = TeacherModule(clf, build_augment(to_plain(cfg.augment)), to_plain(tr),
+    module = TeacherModule(clf, build_augment(to_plain(cfg.augment), image_shape(d)[1:]), to_plain(tr),
                            int(tr.epochs) * len(train_loader))
     trainer = build_trainer(cfg, run_dir, [], int(tr.epochs), lightning_progress_bar=True)
     if is_rank_zero():  # every start-up check has passed: only now is anything written

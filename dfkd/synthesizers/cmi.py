@@ -61,9 +61,9 @@ class CMI(Synthesizer):
         self.memory_size, self.n_neg, self.first_bn_multiplier = int(memory_size), int(n_neg), first_bn_multiplier
         # rebuilt from scratch every call, so not part of the state (held outside the module tree)
         object.__setattr__(self, "_generator", UpsampleGenerator(nz, ngf, h, c, head="sigmoid"))
-        self.augment = build_augment(augment)
-        local = [{"name": "RandomResizedCrop", "size": [h, w], "scale": list(local_scale)}]
-        self.local_view = build_augment(local + ([{"name": "RandomHorizontalFlip"}] if flip else []))
+        self.augment = build_augment(augment, (h, w))
+        local = [{"name": "RandomResizedCrop", "scale": list(local_scale)}]
+        self.local_view = build_augment(local + ([{"name": "RandomHorizontalFlip"}] if flip else []), (h, w))
         self.head: nn.Module | None = None
         self.head_opt: torch.optim.Optimizer | None = None
         self.memory: torch.Tensor | None = None  # features of earlier global views, a ring buffer on the CPU

@@ -58,7 +58,7 @@ class FastDFKD(MomentumBNStatistics, Synthesizer):
         self.generator = UpsampleGenerator(nz, ngf, h, c, head="sigmoid")
         self.meta_opt = torch.optim.Adam(self.generator.parameters(), lr=meta_lr or lr_g * self.g_steps,
                                          betas=(0.5, 0.999))
-        self.augment = build_augment(augment)
+        self.augment = build_augment(augment, (h, w))
         self.calls = 0
 
     def optimizers(self) -> list[dict]:

@@ -60,14 +60,14 @@ class IDEAL(Synthesizer):
     def __init__(self, batch_size: int = 256, nz: int = 256, ngf: int = 64, lr: float = 1e-3, betas=(0.5, 0.999),
                  g_steps: int = 30, info: float = 5.0, head: str = "sigmoid", augment=(), **data):
         super().__init__(batch_size, **data)
-        c, h, _ = self.image_shape
+        c, h, w = self.image_shape
         self.nz, self.g_steps = int(nz), int(g_steps)
         self.w = {"ce": 1.0, "info": float(info)}
         self.lr, self.betas = float(lr), tuple(betas)
         # redrawn every call, so not part of the state (held outside the module tree, like CMI's)
         object.__setattr__(self, "_generator", UpsampleGenerator(nz, ngf, h, c, head=head))
         self.bounded_images = head == "sigmoid"
-        self.augment = build_augment(augment)
+        self.augment = build_augment(augment, (h, w))
 
     def attach(self, teacher, student, ctx):
         super().attach(teacher, student, ctx)

@@ -102,7 +102,7 @@ class NAYER(MomentumBNStatistics, Synthesizer):
         embeddings = load_label_embeddings(label_embeddings, self.num_classes)
         self.generator = NoisyLayerGenerator(embeddings, noise_dim, ngf, h, c)
         self.opt = torch.optim.Adam(self.generator.parameters(), lr=self.lr_g, betas=(0.5, 0.999))
-        self.augment = build_augment(augment)
+        self.augment = build_augment(augment, (h, w))
         self.calls = 0
 
     def optimizers(self) -> list[dict]:
