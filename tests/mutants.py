@@ -17,7 +17,8 @@ checker's own measures, excluded), so no loss term is left out by hand:
            (`x`, `x01`, `xa` = ...) on the generator's path.
 
 Each mutant is applied to the file in place (restored afterwards, also on Ctrl-C) and judged by the tests that
-cover it: tests/test_losses.py and tests/test_objectives.py, and the method's own tests/test_<method>.py.
+cover it: tests/test_losses.py and tests/test_objectives.py, for a synthesizer file the plug-in contract
+(tests/test_synthesizer_contract.py), and the file's own tests/test_<stem>.py.
 A surviving mutant is listed with its line; equivalent mutants (e.g. swapping the arguments of the symmetric
 Jensen-Shannon divergence) survive by nature, and the report says which kind each survivor is. `--survivors FILE`
 reruns only the mutants a previous report lists as surviving.
@@ -133,6 +134,7 @@ def tests_for(path: Path) -> list[str]:
     tests = ["tests/test_losses.py", "tests/test_objectives.py"]
     if path.name != "losses.py":
         tests.reverse()
+        tests.append("tests/test_synthesizer_contract.py")  # no graph kept in state, none returned with the images
     return tests + ([str(own.relative_to(ROOT))] if own.exists() else [])
 
 

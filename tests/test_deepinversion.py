@@ -53,6 +53,14 @@ def test_optimization_lowers_the_loss_and_keeps_the_best_batch():
     assert math.isclose(again, batch.losses["total"], rel_tol=1e-3, abs_tol=1e-3)
 
 
+@pytest.mark.parametrize("keep_best", [True, False])
+def test_the_returned_images_carry_no_graph_whichever_iterate_is_kept(keep_best):
+    """Kills removing `pixels.detach()` (deepinversion.py, keep_best=false) and the detach in LowestLoss."""
+    syn, *_ = make(keep_best=keep_best)
+    batch = syn.synthesize()
+    assert not batch.images.requires_grad and batch.images.grad_fn is None
+
+
 def test_targets_are_class_balanced_and_ranks_differ():
     syn, *_ = make()
     t = syn.sample_targets(8)
