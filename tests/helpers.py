@@ -207,7 +207,14 @@ def check_run_folder(run_dir, iterations=4, channels=1, size=28):
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     s = json.loads((run_dir / "summary.json").read_text())
     assert s["images_synthesized"] >= 2 * 8 and s["iterations"] == iterations
-    assert 0 <= s["student"]["heldout_acc"] <= 1 and s["synthesis_time_s"] > 0
+    assert 0 <= s["student"]["report_acc"] <= 1 and 0 <= s["student"]["tune_acc"] <= 1 and s["synthesis_time_s"] > 0
+    # which images each figure comes from: the three splits' sizes and roles
+    assert {"train", "tune", "report"} <= set(s["splits"]) and all(s["splits"][k]["images"] > 0 for k in
+                                                                    ("train", "tune", "report"))
+    from dfkd.runs.curve import read_curve
+
+    curve = read_curve(run_dir / "curve.csv")
+    assert all(p["tune_acc"] is not None and p["report_acc"] is not None for p in curve)
     assert {"torch", "pytorch_lightning", "timm", "kornia"} <= set(s["versions"])
     student = dfkd.load_student(run_dir / "student.pt")
     assert student(torch.rand(2, channels, size, size)).shape == (2, 10)

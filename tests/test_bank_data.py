@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from dfkd.loop.bank import SampleBank
@@ -54,13 +55,29 @@ def test_bank_float16_keeps_values():
 def test_embedded_mnist_split_is_fixed_balanced_and_disjoint():
     s = embedded_mnist_splits(100)
     xt, yt = s.train.tensors
-    xv, yv = s.val.tensors
+    xv, yv = s.report.tensors
     assert len(yt) == 4000 and len(yv) == 1000
     assert torch.bincount(yv).tolist() == [100] * 10
     assert xt.shape[1:] == (1, 28, 28) and 0 <= xt.min() and xt.max() <= 1
     # no held-out digit appears in the training split
     train_keys = {hash(x.numpy().tobytes()) for x in xt}
     assert not any(hash(x.numpy().tobytes()) in train_keys for x in xv)
+
+
+def test_the_tuning_split_is_a_fixed_draw_of_the_training_images_never_of_the_reporting_ones():
+    from omegaconf import OmegaConf
+
+    from dfkd.data import build_splits
+
+    data = OmegaConf.create({"name": "mnist_embedded", "val_per_class": 100, "tune_size": 1000})
+    s, again = build_splits(data), build_splits(data)
+    assert s.sizes() == {"train": 4000, "tune": 1000, "report": 1000}
+    assert s.tune.indices == again.tune.indices and s.tune.dataset is s.train  # drawn from train, the same each time
+    assert len(set(s.tune.indices)) == 1000
+    report = {hash(x.numpy().tobytes()) for x in s.report.tensors[0]}
+    assert not any(hash(s.tune[i][0].numpy().tobytes()) in report for i in range(len(s.tune)))
+    with pytest.raises(ValueError, match="data.tune_size must be at least 1"):
+        build_splits(OmegaConf.create({"name": "mnist_embedded", "tune_size": 0}))
 
 
 def test_preprocess_pads_then_normalizes():

@@ -44,7 +44,7 @@ def test_a_run_the_chance_guard_stopped_is_reported_with_its_last_score(tmp_path
     run_dir.mkdir()
     for i, acc in ((40, 0.175), (80, 0.162), (120, 0.133)):
         append_curve(run_dir / "curve.csv", i, float(i), 0, acc, "epoch")
-    log.write_text(f"...\nDivergenceError: {STILL_AT_CHANCE} (13.3 % on the held-out images) after 120 of ...\n")
+    log.write_text(f"...\nDivergenceError: {STILL_AT_CHANCE} (13.3 % on the tuning split) after 120 of ...\n")
     status = failure_status(1, log, run_dir)
     assert status == "stopped at chance (13.3 % at iteration 120)"
     log.write_text("Traceback ... CUDA out of memory\n")
@@ -102,16 +102,16 @@ def test_time_budget_stops_the_run_and_exports_its_final_student(tmp_path, capsy
     assert "stopped by the time budget" in capsys.readouterr().out
     curve = read_curve(tmp_path / "b" / "curve.csv")
     assert curve[-1]["when"] == "final" and curve[-1]["iteration"] == s["iterations"]
-    assert curve[-1]["heldout_acc"] == pytest.approx(s["student"]["heldout_acc"], abs=1e-4)
+    assert curve[-1]["report_acc"] == pytest.approx(s["student"]["report_acc"], abs=1e-4)
     # the exported student is the one that was scored, not the last end-of-epoch checkpoint
     from dfkd.data import embedded_mnist_splits
 
-    val = embedded_mnist_splits().val
+    val = embedded_mnist_splits().report
     x = torch.stack([val[i][0] for i in range(len(val))])
     y = torch.tensor([val[i][1] for i in range(len(val))])
     with torch.no_grad():
         acc = (load_student(tmp_path / "b").eval()(x).argmax(1) == y).float().mean().item()
-    assert acc == pytest.approx(s["student"]["heldout_acc"], abs=1e-6)
+    assert acc == pytest.approx(s["student"]["report_acc"], abs=1e-6)
 
 
 def test_a_tucker_run_keeps_its_recipe_and_records_the_ranks_it_chose_beside_it(tmp_path):
@@ -143,7 +143,7 @@ def test_bench_command_writes_table_csv_and_plot(tmp_path, capfd):
     for r in rows:
         run = bench / "runs" / f"{r['recipe']}_s{r['seed']}"
         summary = json.loads((run / "summary.json").read_text())
-        assert float(r["student_acc"]) == summary["student"]["heldout_acc"]
+        assert float(r["student_acc"]) == summary["student"]["report_acc"]
         assert int(r["images_synthesized"]) == summary["images_synthesized"] > 0
         assert summary["budget_minutes"] == 5.0 and summary["seed"] == int(r["seed"])
         assert len(read_curve(run / "curve.csv")) == 3  # two epochs and the final score

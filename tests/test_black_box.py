@@ -45,12 +45,12 @@ def test_access_levels_restrict_the_answers():
 
 def test_budget_refuses_the_query_that_would_overspend_and_counts_purposes_apart():
     teacher = BlackBoxTeacher(local_answers(shipped_lenet()), "scores", 10, max_queries=10)
-    with teacher.counting_as("heldout_check"):
+    with teacher.counting_as("teacher_check"):
         teacher(torch.rand(50, 1, 28, 28))          # not charged to the budget
     teacher(torch.rand(8, 1, 28, 28))
     with pytest.raises(QueryBudgetSpent, match="10"):
         teacher(torch.rand(3, 1, 28, 28))
-    assert teacher.counts == {"distill": 8, "heldout_check": 50} and teacher.remaining() == 2
+    assert teacher.counts == {"distill": 8, "teacher_check": 50} and teacher.remaining() == 2
 
 
 def test_a_method_needing_more_access_than_granted_fails_at_start_naming_what_fits(tmp_path):
@@ -68,7 +68,7 @@ def test_query_count_equals_the_images_the_teacher_was_sent(tmp_path):
     service.images_seen = 0
     s = run(tmp_path, "dfme_lenet", "teacher.endpoint=tests.blackbox_service:answer", *BB_LOOP, *small("dfme_lenet"))
     assert s["queries"] > 0
-    assert service.images_seen == s["queries"] + s["queries_heldout_check"] + 2  # + the 2-image start-up check
+    assert service.images_seen == s["queries"] + s["queries_teacher_check"] + 2  # + the 2-image start-up check
     # per iteration: a generator step (8 images, each at x and 2 directions) and one KD step of 8 images, of which
     # 6 are replayed from the memory (the generator step's own answers are in it from the first iteration on)
     assert s["queries"] == 4 * (8 * 3 + 2)

@@ -57,21 +57,21 @@ def test_an_own_teacher_distills_through_the_command_line(teachers, tmp_path, ca
                              capture=capfd)
     assert status == 0 and f"teacher {arch}" in out and "one synthesized batch of 32 images took" in out
     s = json.loads((tmp_path / "timm" / "summary.json").read_text())
-    assert s["teacher"]["heldout_acc"] > 0.8
-    assert s["student"]["heldout_acc"] > 0.25 and not s["student"]["at_chance"]  # chance is 0.10
+    assert s["teacher"]["report_acc"] > 0.8
+    assert s["student"]["report_acc"] > 0.25 and not s["student"]["at_chance"]  # chance is 0.10
 
 
 def test_a_torchvision_state_dict_loads_and_scores_as_trained(teachers):
     teacher = build_teacher(compose("fastdfkd_resnet", ["teacher=custom", "teacher.arch=torchvision:resnet18",
                                                         f"teacher.checkpoint={teachers}/tv.pt", *OWN_NORM]))
-    x, y = embedded_mnist_splits().val.tensors
+    x, y = embedded_mnist_splits().report.tensors
     with torch.no_grad():
         acc = (teacher(x).argmax(1) == y).float().mean().item()
     assert acc > 0.8, f"the torchvision teacher scores {acc:.3f} on the held-out digits"
 
 
 def test_a_normalization_mismatch_stops_before_synthesis_naming_the_fix(teachers, tmp_path):
-    with pytest.raises(RunError, match=r"teacher scores \d+\.\d % on the 1000 held-out(.|\n)*teacher.mean/std"):
+    with pytest.raises(RunError, match=r"teacher scores \d+\.\d % on the 1000 tuning images(.|\n)*teacher.mean/std"):
         run(tmp_path, "fastdfkd_resnet", "teacher=custom", "teacher.arch=timm:test_resnet", "run=x",
             f"teacher.checkpoint={teachers}/timm.pth", *LOOP)  # trained with 0.5/0.5, given MNIST's statistics
     assert not (tmp_path / "x").exists()

@@ -39,7 +39,7 @@ def archive(tmp_path_factory):
 def data_on(archive) -> list[str]:
     # the teacher gate is off: a trained teacher scores near chance on random images
     return [f"data.root={archive}", "data.val_per_class=1", f"data.cache_dir={archive.parent / 'cache'}",
-            "teacher.check_heldout=false"]
+            "teacher.check_accuracy=false"]
 
 
 def test_every_registered_method_has_a_cifar10_recipe():

@@ -57,5 +57,5 @@ def test_run_scores_and_exports_the_weight_average(tmp_path):
     export_run(path, "last")
     for k, v in average.items():
         torch.testing.assert_close(dfkd.load_student(path).model.state_dict()[k], v)
-    assert 0 <= summary["student"]["heldout_acc"] <= 1
+    assert 0 <= summary["student"]["report_acc"] <= 1
     assert "distill.ema_decay=0.9" in summary["student"]["weights"]

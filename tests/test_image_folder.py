@@ -65,8 +65,8 @@ def test_a_recipe_reads_an_archive_through_the_data_group(tree, tmp_path):
                                                "data.val_per_class=2", "data.num_classes=3",
                                                f"data.cache_dir={tmp_path / 'cache'}"])
     splits = build_splits(cfg.data)
-    assert len(splits.train) == 9 and len(splits.val) == 6
-    x, y = splits.val[0]
+    assert len(splits.train) == 9 and len(splits.report) == 6
+    x, y = splits.report[0]
     assert x.shape == (3, 8, 8) and x.dtype == torch.float32 and x.max() <= 1 and y == 0
     assert x[0, 0, 0].item() == pytest.approx(13 / 255)
 
@@ -84,4 +84,4 @@ def test_a_cifar_teacher_recipe_trains_on_an_archive(tree, tmp_path):
                                                   "data.image_size=8", "data.val_per_class=2", "data.num_classes=3",
                                                   f"data.cache_dir={tmp_path / 'cache'}", "train.epochs=1",
                                                   "train.batch_size=3", "trainer.accelerator=cpu"]))
-    assert (tmp_path / "t" / "teacher.pt").is_file() and s["train_images"] == 9 and 0 <= s["heldout_acc"] <= 1
+    assert (tmp_path / "t" / "teacher.pt").is_file() and s["splits"]["train"]["images"] == 9 and 0 <= s["report_acc"] <= 1

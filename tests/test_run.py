@@ -52,7 +52,7 @@ def test_a_plugin_recipe_runs_from_the_command_line(tmp_path):
     """The user's command, end to end, with a synthesizer registered from outside the package."""
     out = train(tmp_path, "example_noise_resnet", "run=cli", *LOOP, *small("example_noise_resnet"))
     s = check_run_folder(tmp_path / "cli")
-    assert s["synthesizer"] == "noise" and "student held-out acc" in out.stdout
+    assert s["synthesizer"] == "noise" and "student report acc" in out.stdout
     # one line says what the run is; nothing that dfkd's design makes expected is warned about before the bar
     assert "dfkd: recipe example_noise_resnet | teacher resnet8" in out.stdout
     before_bar = out.stderr.split("distill:")[0]
@@ -83,7 +83,7 @@ def test_a_teacher_recipe_writes_into_its_run_folder_and_never_over_a_shipped_te
     s = run(tmp_path, "teacher_lenet5_mnist", "run=mine", "train.epochs=1", "trainer.accelerator=cpu",
             "teacher.mean=[0.5]", "teacher.std=[0.5]")
     assert (TEACHERS_DIR / "lenet5_mnist.pt").read_bytes() == shipped
-    assert s["output"] == str(tmp_path / "mine" / "teacher.pt") and s["heldout_acc"] > 0.5
+    assert s["output"] == str(tmp_path / "mine" / "teacher.pt") and s["report_acc"] > 0.5
     saved = load_ckpt(tmp_path / "mine" / "teacher.pt")  # trained with the teacher's own normalization
     assert saved["mean"] == [0.5] and saved["std"] == [0.5]
     teacher = build_teacher(compose("dfad_lenet", [f"teacher.checkpoint={tmp_path}/mine/teacher.pt"]))

@@ -10,8 +10,8 @@
 
 Each (recipe, seed) is a separate `python -m dfkd.runs.cli recipe=... seed=...` process (a crash or a divergence
 costs that run only; its log is kept in `<out>/logs/`). Results come from each run's own files: summary.json
-for the figures and curve.csv (held-out accuracy after every epoch, with the training seconds so far) for the
-accuracy-vs-time plot. Writes, after every run (an interrupted benchmark keeps what it measured):
+for the figures and curve.csv (tuning- and reporting-split accuracy after every epoch, with the training seconds so
+far) for the accuracy-vs-time plot, which shows the reporting split. Writes, after every run (an interrupted benchmark keeps what it measured):
 
     <out>/results.md   <out>/results.csv   <out>/accuracy_vs_time.png   <out>/runs/<recipe>_s<seed>/
     <out>/readme_table.md (the README's table: one line per recipe)
@@ -60,10 +60,12 @@ PUBLISHED = [
 ]
 
 
-# Each suite: which distillation recipes it runs, and what their held-out accuracy is measured on.
+# Each suite: which distillation recipes it runs, and its reporting split (every accuracy in results.md). The
+# tuning split every choice is made on (best.ckpt, the chance guard, recipe settings) is part of the teacher's
+# training images (`data.tune_size`): dfkd.data.sets.Splits.
 SUITES = {
-    "mnist": "the 1,000 real MNIST digits held out of the embedded set (100 a class)",
-    "cifar10": "the 5,000 real CIFAR-10 images held out of data.root (the last 500 of each class)",
+    "mnist": "the reporting split: 1,000 real MNIST digits held out of the embedded set (the last 100 a class)",
+    "cifar10": "the reporting split: 5,000 real CIFAR-10 images held out of data.root (the last 500 of each class)",
 }
 
 
@@ -118,8 +120,8 @@ def run_one(recipe: str, seed: int, out: Path, minutes: float | None, overrides:
 
 
 def failure_status(rc: int, log: Path, run_dir: Path) -> str:
-    """Why a run left no summary: a student the chance guard stopped (with its last held-out score, from the
-    curve), or an exit code to look up in the log."""
+    """Why a run left no summary: a student the chance guard stopped (with its last tuning-split score, the one
+    the guard read, from the curve), or an exit code to look up in the log."""
     text = log.read_text(errors="replace") if log.is_file() else ""
     if STILL_AT_CHANCE not in text:
         return f"failed (exit {rc}, see log)"
@@ -127,7 +129,7 @@ def failure_status(rc: int, log: Path, run_dir: Path) -> str:
     points = read_curve(curve) if curve.is_file() else []
     if not points:
         return "stopped at chance"
-    return f"stopped at chance ({100 * points[-1]['heldout_acc']:.1f} % at iteration {points[-1]['iteration']})"
+    return f"stopped at chance ({100 * points[-1]['tune_acc']:.1f} % on the tuning split at iteration {points[-1]['iteration']})"
 
 
 def run_args(recipe: str, seed: int, out: Path, minutes: float | None, overrides: list[str]) -> list[str]:
@@ -172,9 +174,9 @@ def read_run(recipe: str, seed: int, out: Path) -> dict:
     t, st = s["teacher"], s["student"]
     row.update({
         "synthesizer": s["synthesizer"], "status": "ok", "teacher": describe(t), "student": describe(st),
-        "teacher_acc": t["heldout_acc"], "student_acc": st["heldout_acc"],
-        "student_over_teacher": st["heldout_acc"] / t["heldout_acc"] if t["heldout_acc"] else None,
-        "initial_student_acc": st.get("initial_heldout_acc"), "wall_time_s": round(s["wall_time_s"], 1),
+        "teacher_acc": t["report_acc"], "student_acc": st["report_acc"],
+        "student_over_teacher": st["report_acc"] / t["report_acc"] if t["report_acc"] else None,
+        "initial_student_acc": st.get("initial_report_acc"), "report_images": s["splits"]["report"]["images"], "wall_time_s": round(s["wall_time_s"], 1),
         "fit_time_s": round(s["fit_time_s_total"], 1), "synthesis_time_s": round(s["synthesis_time_s"], 1),
         "images_synthesized": s["images_synthesized"], "iterations": s["iterations"],
         "planned_iterations": s.get("planned_iterations"), "stopped_by_budget": s.get("stopped_by_budget", False),
@@ -220,8 +222,8 @@ def aggregate(rows: list[dict]) -> list[dict]:
 
 
 def seconds_to_reach(curve: list[dict], acc: float) -> float | None:
-    """Training seconds at the first scored point whose held-out accuracy is at least `acc` (None: never)."""
-    return next((p["fit_seconds"] for p in curve if p["heldout_acc"] >= acc), None)
+    """Training seconds at the first scored point whose reporting-split accuracy is at least `acc` (None: never)."""
+    return next((p["fit_seconds"] for p in curve if p["report_acc"] is not None and p["report_acc"] >= acc), None)
 
 
 def against_baseline(rows: list[dict], out: Path, baseline: str = "deepinversion") -> list[str]:
@@ -261,8 +263,8 @@ def write_markdown(path: Path, rows: list[dict], args, command: str, started: st
         f"- command: `{command}`",
         f"- started {started}, whole command {elapsed / 60:.1f} min; device: {device}; python {platform.python_version()}",
         f"- budget: {budget}; seeds: {', '.join(map(str, seeds))} (mean ± sample std over seeds)",
-        f"- accuracy: top-1 on {SUITES[args.suite]}, never used for training or model selection; the exported "
-        "student is the run's final one",
+        f"- accuracy: top-1 on {SUITES[args.suite]}, never used for training or for any choice (those are made on "
+        "the tuning split, part of the teacher's training images); the exported student is the run's final one",
     ]
     reused = [f"{r['recipe']} seed {r['seed']}" for r in rows if r.get("reused")]
     if reused:
@@ -353,13 +355,13 @@ def plot(path: Path, rows: list[dict], out: Path, minutes: float | None, title: 
                 if not pts:
                     continue
             xs = [p["queries"] if by_queries else p["fit_seconds"] / 60 for p in pts]
-            ax.plot(xs, [100 * p["heldout_acc"] for p in pts], marker=".",
+            ax.plot(xs, [100 * p["report_acc"] for p in pts], marker=".",
                     color=colors[i % len(colors)], label=None if labelled else recipe, alpha=0.9)
             labelled = True
     if minutes and not by_queries:
         ax.axvline(minutes, color="grey", linestyle="--", linewidth=1, label=f"budget {minutes:g} min")
     ax.set_xlabel("images sent to the teacher (queries)" if by_queries else "training time (minutes)")
-    ax.set_ylabel("student accuracy on held-out real images (%)")
+    ax.set_ylabel("student accuracy on the reporting split (%)")
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)

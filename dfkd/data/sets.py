@@ -22,13 +22,27 @@ DATASETS = Registry("data set")
 
 @dataclass(frozen=True)
 class Splits:
+    """Real images in three roles, never mixed:
+
+    - `train`: what a teacher is trained on (task: teacher); a distillation never trains on it;
+    - `tune`: a fixed part of `train` (the teacher's own training images, `data.tune_size` of them), scored for
+      every choice: `best.ckpt`, the chance guard, the teacher check, and recipe settings; never reported;
+    - `report`: held-out images, scored only for the figures a run, the README and the benchmark publish.
+
+    A data set's builder gives `train` and `report`; `build_splits` draws `tune`."""
     train: Dataset
-    val: Dataset
+    report: Dataset
+    tune: Dataset | None = None
+
+    def sizes(self) -> dict[str, int]:
+        return {"train": len(self.train), "tune": len(self.tune) if self.tune is not None else 0,
+                "report": len(self.report)}
 
 
 def embedded_mnist_splits(val_per_class: int = 100) -> Splits:
     """Real MNIST, 5,000 digits (500 a class), split by a fixed rule: the last `val_per_class` digits of
-    each class (in file order) are held out for evaluation only; never used to train a teacher or student."""
+    each class (in file order) are held out as the reporting split; never used to train a teacher or student, nor
+    for any choice."""
     with np.load(EMBEDDED_MNIST) as f:
         images, labels = f["images"], f["labels"].astype(np.int64)
     x = torch.from_numpy(images).float().div_(255).unsqueeze(1)
@@ -41,7 +55,7 @@ def embedded_mnist_splits(val_per_class: int = 100) -> Splits:
         val_idx.extend(idx[-val_per_class:].tolist())
     val_mask = torch.zeros(len(y), dtype=torch.bool)
     val_mask[val_idx] = True
-    return Splits(TensorDataset(x[~val_mask], y[~val_mask]), TensorDataset(x[val_mask], y[val_mask]))
+    return Splits(train=TensorDataset(x[~val_mask], y[~val_mask]), report=TensorDataset(x[val_mask], y[val_mask]))
 
 
 @DATASETS.register("mnist_embedded")
@@ -59,8 +73,8 @@ def _tv(name: str, root: str | None, download: bool, split_kw):
     cls = getattr(torchvision.datasets, name)
     to_tensor = T.ToTensor()
     try:
-        return Splits(cls(root, download=download, transform=to_tensor, **split_kw(True)),
-                      cls(root, download=download, transform=to_tensor, **split_kw(False)))
+        return Splits(train=cls(root, download=download, transform=to_tensor, **split_kw(True)),
+                      report=cls(root, download=download, transform=to_tensor, **split_kw(False)))
     except RuntimeError as e:
         raise FileNotFoundError(f"{name} not found under {root!r} ({e}). Put it there, or pass "
                                 f"data.download=true on a machine with internet.") from None
@@ -102,14 +116,15 @@ def _imagefolder(root=None, image_size: int = 224, channels: int = 3, val_per_cl
 
         images, labels, _ = load_image_folder(root or "", int(image_size), int(channels), cache_dir)
         train, val = split_last_per_class(labels, int(val_per_class))
-        return Splits(UInt8Images(images[train], labels[train]), UInt8Images(images[val], labels[val]))
+        return Splits(train=UInt8Images(images[train], labels[train]), report=UInt8Images(images[val], labels[val]))
     from torchvision import datasets, transforms as T
 
     if not root or not (Path(root) / "train").is_dir():
         raise FileNotFoundError(f"imagefolder needs data.root with train/ and val/ class folders, or "
                                 f"data.val_per_class=N to hold out the last N images of each class; got {root!r}")
     tf = T.Compose([T.Resize(image_size), T.CenterCrop(image_size), T.ToTensor()])
-    return Splits(datasets.ImageFolder(str(Path(root) / "train"), tf), datasets.ImageFolder(str(Path(root) / "val"), tf))
+    return Splits(train=datasets.ImageFolder(str(Path(root) / "train"), tf),
+                  report=datasets.ImageFolder(str(Path(root) / "val"), tf))
 
 
 @DATASETS.register("fake")
@@ -119,16 +134,28 @@ def _fake(num_classes: int = 10, channels: int = 3, image_size: int = 32, size: 
 
     shape = (channels, image_size, image_size)
     mk = lambda n, seed: datasets.FakeData(n, shape, num_classes, T.ToTensor(), random_offset=seed)  # noqa: E731
-    return Splits(mk(size, 0), mk(max(size // 4, num_classes), 10_000))
+    return Splits(train=mk(size, 0), report=mk(max(size // 4, num_classes), 10_000))
 
 
 def build_splits(cfg) -> Splits:
-    """`cfg` is the `data` config group; `limit_train`/`limit_val` cut sets down for quick checks."""
-    kw = {k: v for k, v in dict(cfg).items() if k not in ("name",)}
-    splits = DATASETS.build(cfg.name, **kw)
+    """`cfg` is the `data` config group: its data set's train and reporting splits, and the tuning split drawn from
+    the training images (`tune_size` of them, a fixed draw: the same images in every run and recipe).
+    `limit_train` / `limit_val` cut the sets down for quick checks (`limit_val` both scored splits)."""
+    kw = {k: v for k, v in dict(cfg).items() if k not in ("name", "tune_size")}
+    built = DATASETS.build(cfg.name, **kw)
+    tune = tuning_subset(built.train, int(cfg.get("tune_size", 1000)))
     lt, lv = cfg.get("limit_train"), cfg.get("limit_val")
-    return Splits(Subset(splits.train, range(min(lt, len(splits.train)))) if lt else splits.train,
-                  Subset(splits.val, range(min(lv, len(splits.val)))) if lv else splits.val)
+    cut = lambda ds, n: Subset(ds, range(min(n, len(ds)))) if n else ds  # noqa: E731
+    return Splits(train=cut(built.train, lt), report=cut(built.report, lv), tune=cut(tune, lv))
+
+
+def tuning_subset(train: Dataset, size: int) -> Dataset:
+    """`size` images of `train` drawn once with a fixed seed (independent of the run's), in index order."""
+    if size < 1:
+        raise ValueError(f"data.tune_size must be at least 1 (the tuning split scores best.ckpt and the guards), "
+                         f"got {size}")
+    idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(20201))[:size]
+    return Subset(train, idx.sort().values.tolist())
 
 
 class StepDataset(Dataset):

@@ -73,7 +73,7 @@ class Guards:
             return  # too early to judge: a fraction of the run, and at least 100 student steps
         if at_chance(acc, m.num_classes):
             raise DivergenceError(
-                f"{STILL_AT_CHANCE} ({100 * acc:.1f} % on the held-out images) after {trained} of "
+                f"{STILL_AT_CHANCE} ({100 * acc:.1f} % on the tuning split) after {trained} of "
                 f"{planned} iterations: the run is not learning. Most often a learning rate is far too high: "
                 f"{self.lr_settings['synthesizer']}, or {self.lr_settings['student']}; also check that the teacher "
                 f"scores well (printed at the start). Set distill.stop_at_chance_after=null to run on regardless.")

@@ -7,7 +7,8 @@ One training step (an "iteration"):
         about (no grad, once per distinct batch) -> student -> KD loss (+ feature transfer) -> manual_backward
         -> clip -> step
     step the student's LR schedule once, update the student's weight average.
-Validation scores the student on real held-out images; they are never used for training.
+Validation scores the student on real images it never trains on: the tuning split (`tune/acc`: best.ckpt, the
+chance guard) and the reporting split (`report/acc`: recorded for the published curves, never decides anything).
 
 Its parts live beside it: `kd_batches` (bank, replay memory, latest batch and their RNG), `feature_transfer`
 (feature taps and the AT term), `ema` (weight average), `rank_state` (per-rank checkpoint state), `guards`
@@ -34,6 +35,9 @@ from dfkd.synthesizers.base import SynthContext, Synthesizer
 from dfkd.teachers import QueryBudgetSpent, as_teacher
 
 
+VAL_SPLITS = ("tune", "report")  # the validation loaders, in this order (dfkd.runs.run)
+
+
 class DistillModule(pl.LightningModule):
     def __init__(self, teacher, student: nn.Module, synthesizer: Synthesizer, distill: dict, bank: dict,
                  augment: nn.Module, num_classes: int, image_shape, mean, std, seed: int, timer=None,
@@ -51,8 +55,8 @@ class DistillModule(pl.LightningModule):
         self.student_ema = student_average(student, self.ema_decay) if self.ema_decay else None
         self.batches = KDBatchSource(self.cfg["batch_size"], bank, self.cfg["replay"])
         self.attention = build_attention(self.cfg["attention"])
-        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.val_acc_raw = MulticlassAccuracy(num_classes, average="micro")
+        self.accuracy = nn.ModuleDict({split: MulticlassAccuracy(num_classes, average="micro")
+                                       for split in (*VAL_SPLITS, "tune_raw")})
         self.num_classes, self.image_shape = num_classes, tuple(image_shape)
         self.mean, self.std, self.seed = tuple(mean), tuple(std), int(seed)
         self.timer = timer  # Lightning's Timer callback: training seconds, cumulative over resumes
@@ -233,31 +237,31 @@ class DistillModule(pl.LightningModule):
         self.log("train/lr", opt.param_groups[0]["lr"], on_step=True, on_epoch=False)
         return loss.detach()
 
-    # -- validation on real held-out images -----------------------------------------------------------
+    # -- validation: the tuning split decides, the reporting split is only recorded -------------------
     @property
     def scored_student(self) -> nn.Module:
         """The student that validation scores and the run exports: the weight average when `ema_decay` is set."""
         return self.student_ema.module if self.student_ema is not None else self.student
 
-    def validation_step(self, batch, batch_idx):
+    def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
         x, y = batch
-        self.val_acc.update(self.scored_student(x), y)
-        if self.student_ema is not None:
-            self.val_acc_raw.update(self.student(x), y)
+        split = VAL_SPLITS[dataloader_idx]
+        self.accuracy[split].update(self.scored_student(x), y)
+        if self.student_ema is not None and split == "tune":
+            self.accuracy["tune_raw"].update(self.student(x), y)
 
     def on_validation_epoch_end(self):
-        acc = self.val_acc.compute()  # syncs ranks, so every rank takes the same decision below
-        self.log("val/acc", acc, prog_bar=True, sync_dist=False)
-        if self.queries is not None and self.global_rank == 0 and self.logger is not None and \
-                not self.trainer.sanity_checking:
+        scores = {split: m.compute() for split, m in self.accuracy.items() if m.update_called}  # syncs ranks
+        for m in self.accuracy.values():
+            m.reset()
+        for split, acc in scores.items():  # tune/acc, report/acc, tune_raw/acc (the student without its average)
+            self.log(f"{split}/acc", acc, prog_bar=split == "tune", sync_dist=False)
+        if "report" in scores and self.queries is not None and self.global_rank == 0 and self.logger is not None \
+                and not self.trainer.sanity_checking:
             # accuracy against the images sent to the teacher, the measure of a black-box method's cost
-            self.logger.experiment.add_scalar("val/acc_by_queries", float(acc),
+            self.logger.experiment.add_scalar("report/acc_by_queries", float(scores["report"]),
                                               global_step=self.queries * self.trainer.world_size)
-        self.val_acc.reset()
-        self.guards.learning(float(acc))
-        if self.student_ema is not None:
-            self.log("val/acc_raw_student", self.val_acc_raw.compute(), sync_dist=False)
-            self.val_acc_raw.reset()
+        self.guards.learning(float(scores["tune"]))  # every rank takes the same decision
 
 
 def _as_list(items) -> list:

@@ -40,8 +40,8 @@ class RunProgressBar(pl.Callback):
                 "imgs": module.images_synthesized * trainer.world_size}
         if module.queries is not None:
             post["queries"] = module.queries * trainer.world_size
-        if "val/acc" in m:
-            post["val_acc"] = f"{float(m['val/acc']):.3f}"
+        if "tune/acc" in m:
+            post["tune_acc"] = f"{float(m['tune/acc']):.3f}"
         self.bar.set_postfix(post, refresh=False)
         self.bar.update(1)
 
@@ -95,18 +95,19 @@ class ImageGridLogger(pl.Callback):
 
 
 class CurveLogger(pl.Callback):
-    """After each validation (rank 0): append the held-out accuracy with the run's training seconds so far.
-    The benchmark plots accuracy against time from this file, the run's own log."""
+    """After each validation (rank 0): append the tuning and reporting accuracies with the run's training seconds
+    so far. The benchmark plots reporting accuracy against time from this file, the run's own log."""
 
     def __init__(self, path):
         self.path = Path(path)
 
     def on_validation_end(self, trainer, module):
-        if trainer.sanity_checking or not trainer.is_global_zero or "val/acc" not in trainer.callback_metrics:
+        m = trainer.callback_metrics
+        if trainer.sanity_checking or not trainer.is_global_zero or "tune/acc" not in m:
             return
-        append_curve(self.path, module.iteration, module.fit_seconds(),
-                     module.images_synthesized * trainer.world_size, float(trainer.callback_metrics["val/acc"]),
-                     "epoch", module.queries * trainer.world_size if module.queries is not None else None)
+        accs = {split: float(m[f"{split}/acc"]) for split in ("tune", "report") if f"{split}/acc" in m}
+        append_curve(self.path, module.iteration, module.fit_seconds(), module.images_synthesized * trainer.world_size,
+                     accs, "epoch", module.queries * trainer.world_size if module.queries is not None else None)
 
 
 class KillAt(pl.Callback):

@@ -21,19 +21,43 @@ from dfkd.augment import build_augment
 from dfkd.data import StepDataset, build_splits, image_shape
 from dfkd.errors import RunError
 from dfkd.loop.guards import at_chance
-from dfkd.loop.module import DistillModule
+from dfkd.loop.module import VAL_SPLITS, DistillModule
 from dfkd.models import count_params
-from dfkd.models.evaluate import evaluate
 from dfkd.runs.build import build_student, build_synthesizer
-from dfkd.runs.callbacks import (CurveLogger, ImageGridLogger, KillAt, RunProgressBar, SynthesisCostNote,
-                                 save_image_grid)
+from dfkd.runs.callbacks import (
+    CurveLogger,
+    ImageGridLogger,
+    KillAt,
+    RunProgressBar,
+    SynthesisCostNote,
+    save_image_grid,
+)
 from dfkd.runs.config import ConfigError, to_plain, unset_values_message
 from dfkd.runs.console import quiet_expected_warnings, run_line
 from dfkd.runs.curve import append_curve
-from dfkd.runs.rundir import (is_rank_zero, prepare_run_dir, relocatable, resume_checkpoint, run_dir_of, versions,
-                              write_json, write_student_arch)
-from dfkd.runs.trainer import best_score, build_timer, build_trainer, device_of, stopped_by_budget
-from dfkd.teachers.build import build_teacher, check_teacher_accuracy, teacher_normalization
+from dfkd.runs.rundir import (
+    is_rank_zero,
+    prepare_run_dir,
+    relocatable,
+    resume_checkpoint,
+    run_dir_of,
+    versions,
+    write_json,
+    write_student_arch,
+)
+from dfkd.runs.summary import report, score, split_roles
+from dfkd.runs.trainer import (
+    best_score,
+    build_timer,
+    build_trainer,
+    device_of,
+    stopped_by_budget,
+)
+from dfkd.teachers.build import (
+    build_teacher,
+    check_teacher_accuracy,
+    teacher_normalization,
+)
 
 
 def main(cfg: DictConfig) -> dict | None:
@@ -60,13 +84,12 @@ def run_distill(cfg: DictConfig) -> dict | None:
     student = built.classifier
     synthesizer = build_synthesizer(cfg, teacher)
     run_dir = run_dir_of(cfg)
-    teacher_acc = None
-    if is_rank_zero() and (cfg.teacher.check_heldout or teacher.queries is None):  # queries cost: may skip
-        with teacher.counting_as("heldout_check"):
-            teacher_acc = evaluate(teacher, splits.val)  # a black box's answers here are counted apart
-    if teacher_acc is not None:
-        check_teacher_accuracy(cfg, teacher, teacher_acc, len(splits.val))
-    initial_acc = evaluate(student, splits.val) if is_rank_zero() else None  # before any distillation
+    teacher_acc = {}
+    if is_rank_zero() and (cfg.teacher.check_accuracy or teacher.queries is None):  # queries cost: may skip
+        with teacher.counting_as("teacher_check"):  # a black box's answers here are counted apart
+            teacher_acc = score(teacher, splits)
+        check_teacher_accuracy(cfg, teacher, teacher_acc["tune"], len(splits.tune))
+    initial_acc = score(student, splits) if is_rank_zero() else None  # before any distillation
 
     d = cfg.distill
     timer = build_timer(cfg.trainer.max_minutes)
@@ -84,14 +107,14 @@ def run_distill(cfg: DictConfig) -> dict | None:
 
     g = torch.Generator().manual_seed(int(cfg.seed))  # loaders draw from their own RNG, not the global one
     steps = StepDataset(int(d.iterations_per_epoch) * trainer.world_size)  # DDP shards it across ranks
-    val_loader = DataLoader(splits.val, batch_size=int(cfg.data.eval_batch_size), shuffle=False,
-                            num_workers=int(cfg.data.num_workers))
+    val_loaders = [DataLoader(getattr(splits, split), batch_size=int(cfg.data.eval_batch_size), shuffle=False,
+                              num_workers=int(cfg.data.num_workers)) for split in VAL_SPLITS]
     if is_rank_zero():  # every start-up check has passed: only now is anything written
         prepare_run_dir(cfg)
         write_student_arch(run_dir, built.arch, built.arch_kwargs)
         print(run_line(cfg, teacher.params, count_params(student.model), device_of(trainer), run_dir), flush=True)
     ckpt = resume_checkpoint(cfg)
-    trainer.fit(module, DataLoader(steps, batch_size=1, generator=g), val_loader,
+    trainer.fit(module, DataLoader(steps, batch_size=1, generator=g), val_loaders,
                 ckpt_path=str(ckpt) if ckpt else None)
     if module.query_budget_spent:  # stopped within an epoch: checkpoint where it stopped (every rank takes part)
         trainer.save_checkpoint(run_dir / "last.ckpt")
@@ -101,7 +124,7 @@ def run_distill(cfg: DictConfig) -> dict | None:
     summary["wall_time_s"] = time.perf_counter() - t_start
     summary["stopped_by_budget"] = stopped_by_budget(timer)
     # a student no better than chance is said so plainly (a budget far too short, most often)
-    summary["student"]["at_chance"] = at_chance(summary["student"]["heldout_acc"], cfg.data.num_classes)
+    summary["student"]["at_chance"] = at_chance(summary["student"]["tune_acc"], cfg.data.num_classes)
     write_json(run_dir / "summary.json", summary)
     print(report(summary, run_dir))
     return summary
@@ -111,7 +134,7 @@ def _query_summary(cfg, module, teacher) -> dict:
     if teacher.queries is None:  # not paid per query
         return {}
     return {"queries": int(module.totals["queries"]), "max_queries": cfg.teacher.max_queries,
-            "queries_heldout_check": teacher.counts.get("heldout_check", 0),
+            "queries_teacher_check": teacher.counts.get("teacher_check", 0),
             "stopped_by_query_budget": bool(module.query_budget_spent),
             "teacher_access": cfg.teacher.access, "teacher_top_k": cfg.teacher.top_k}
 
@@ -129,7 +152,7 @@ def _finish(cfg, run_dir, module, trainer, splits, teacher, built, teacher_acc, 
 
     d = cfg.distill
     scored = module.scored_student  # the student, or its weight average with distill.ema_decay
-    student_acc = evaluate(scored, splits.val, device=module.device)
+    student_acc = score(scored, splits, device=module.device)
     append_curve(run_dir / "curve.csv", module.iteration, module.totals["fit_seconds"],
                  int(module.totals["images_synthesized"]), student_acc, "final",
                  int(module.totals["queries"]) if module.queries is not None else None)
@@ -144,15 +167,16 @@ def _finish(cfg, run_dir, module, trainer, splits, teacher, built, teacher_acc, 
         "resumed": bool(cfg.resume),
         "teacher": {"arch": cfg.teacher.arch, "checkpoint": relocatable(cfg.teacher.checkpoint),
                     "endpoint": cfg.teacher.endpoint, "access": cfg.teacher.access, "params": t_params,
-                    "heldout_acc": teacher_acc},
+                    "tune_acc": teacher_acc.get("tune"), "report_acc": teacher_acc.get("report")},
         "student": {"arch": built.arch, "arch_kwargs": built.arch_kwargs,
-                    "params": count_params(student.model), "heldout_acc": student_acc,
+                    "params": count_params(student.model),
+                    "report_acc": student_acc["report"], "tune_acc": student_acc["tune"],
                     "weights": (f"moving average of the student's weights (distill.ema_decay={module.ema_decay})"
                                 if module.student_ema is not None else "the student's final weights"),
-                    "initial_heldout_acc": initial_acc, "best_heldout_acc": best_score(trainer)},
+                    "initial_report_acc": initial_acc["report"], "best_tune_acc": best_score(trainer)},
         "compression_ratio": t_params / count_params(student.model) if t_params else None,
         **_query_summary(cfg, module, teacher),
-        "heldout_set": f"{cfg.data.name}: {len(splits.val)} real images never used for training",
+        "splits": split_roles(cfg, splits),
         "fit_time_s_total": module.totals["fit_seconds"],
         "synthesis_time_s": module.totals["synth_seconds"],
         "images_synthesized": int(module.totals["images_synthesized"]),
@@ -163,25 +187,3 @@ def _finish(cfg, run_dir, module, trainer, splits, teacher, built, teacher_acc, 
         "device": device_of(trainer), "world_size": trainer.world_size,
         "versions": versions(), "exported_student": str(export_path),
     }
-
-
-def report(s: dict, run_dir) -> str:
-    t, st = s["teacher"], s["student"]
-    t_acc = f"{t['heldout_acc']:.4f}" if t["heldout_acc"] is not None else "not checked"
-    t_what = f"{t['params']:,} params" if t["params"] else f"black box, {t['access']} only"
-    smaller = f", {s['compression_ratio']:.1f}x smaller" if s["compression_ratio"] else ""
-    queries = (f"teacher queries       {s['queries']:,}" + (f" of {s['max_queries']:,}" if s["max_queries"] else "")
-               + (" (budget spent)" if s["stopped_by_query_budget"] else "")
-               + f"; {s['queries_heldout_check']:,} more for the held-out check\n") if "queries" in s else ""
-    return (f"\n== {s['recipe']} -> {run_dir}\n"
-            f"teacher held-out acc  {t_acc}  ({t['arch']}, {t_what})\n"
-            f"student held-out acc  {st['heldout_acc']:.4f}  ({st['arch']}, {st['params']:,} params{smaller})\n"
-            f"images synthesized    {s['images_synthesized']:,} in {s['synthesis_time_s']:.0f} s of synthesis\n"
-            + queries +
-            f"wall time             {s['wall_time_s']:.0f} s ({s['iterations']} iterations"
-            f"{', stopped by the time budget' if s.get('stopped_by_budget') else ''})\n"
-            + (f"WARNING               the student is at chance level: it learned nothing usable"
-               f"{' in the time budget; raise trainer.max_minutes' if s.get('stopped_by_budget') else ''}\n"
-               if s["student"].get("at_chance") else "") +
-            f"summary               {run_dir / 'summary.json'}\n"
-            f"exported student      {s['exported_student']}  (dfkd.load_student(path))\n")

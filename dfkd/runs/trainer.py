@@ -44,7 +44,7 @@ def stopped_by_budget(timer: Timer) -> bool:
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list, max_epochs: int,
-                  monitor: str | None = "val/acc", lightning_progress_bar: bool = False) -> pl.Trainer:
+                  monitor: str | None = "tune/acc", lightning_progress_bar: bool = False) -> pl.Trainer:
     tr = cfg.trainer
     strategy = tr.strategy
     several = not str(tr.devices).isdigit() or int(tr.devices) > 1  # "auto", "0,1", [0, 1] may mean several

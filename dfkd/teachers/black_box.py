@@ -44,7 +44,7 @@ class BlackBoxTeacher:
     """A teacher answering images with probabilities or labels only; counts the images it is sent.
 
     `answer` maps a float [N, C, H, W] batch of [0,1] images to probabilities [N, K] or labels [N]. Queries are
-    counted per purpose ("distill", the default, and e.g. "heldout_check"); `max_queries` limits "distill"."""
+    counted per purpose ("distill", the default, and e.g. "teacher_check"); `max_queries` limits "distill"."""
 
     __slots__ = ("_answer", "access", "num_classes", "top_k", "max_queries", "counts", "_purpose", "_split")
     training = False  # read by the synthesizers' eval-mode assertion; there is no train mode to switch to

@@ -1,5 +1,5 @@
-"""Supervised training of a teacher on real data: the LightningModule (cross-entropy on augmented images, held-out
-accuracy). The run around it is `dfkd.runs.teacher_run.train_teacher`."""
+"""Supervised training of a teacher on real data: the LightningModule (cross-entropy on augmented images, accuracy
+on the reporting split, logged). The run around it is `dfkd.runs.teacher_run.train_teacher`."""
 from __future__ import annotations
 
 import pytorch_lightning as pl
@@ -27,4 +27,4 @@ class TeacherModule(pl.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
-        self.log("val/acc", (self.classifier(x).argmax(1) == y).float().mean(), prog_bar=True, sync_dist=True)
+        self.log("report/acc", (self.classifier(x).argmax(1) == y).float().mean(), prog_bar=True, sync_dist=True)
