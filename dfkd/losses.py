@@ -51,6 +51,14 @@ def information_entropy_loss(logits: torch.Tensor) -> torch.Tensor:
     return (p * torch.log10(p.clamp_min(1e-12))).sum()
 
 
+def class_balance_loss(logits: torch.Tensor) -> torch.Tensor:
+    """DFQ's class-balance term (Choi et al. 2020, as Fast-Datafree's `class_balance_loss` and its `--balance 20`):
+    sum_c pbar_c * ln(pbar_c), pbar = batch-mean softmax; towards -ln(10) = -2.30 for 10 classes. DAFL's eq. 4
+    (`information_entropy_loss`) is the same sum in log10, 2.3x smaller: its published weights are for that."""
+    p = F.softmax(logits, dim=1).mean(0)
+    return (p * torch.log(p.clamp_min(1e-12))).sum()
+
+
 def mean_negative_entropy(logits: torch.Tensor) -> torch.Tensor:
     """IDEAL's (Zhang et al. 2023) information term: mean over images i and classes c of p_ic * ln p_ic, the
     negative prediction entropy of each image divided by the number of classes. Minimizing it spreads each image's

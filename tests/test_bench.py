@@ -43,10 +43,10 @@ def test_a_run_the_chance_guard_stopped_is_reported_with_its_last_score(tmp_path
     log, run_dir = tmp_path / "r.log", tmp_path / "run"
     run_dir.mkdir()
     for i, acc in ((40, 0.175), (80, 0.162), (120, 0.133)):
-        append_curve(run_dir / "curve.csv", i, float(i), 0, acc, "epoch")
+        append_curve(run_dir / "curve.csv", i, float(i), 0, {"tune": acc, "report": acc}, "epoch")
     log.write_text(f"...\nDivergenceError: {STILL_AT_CHANCE} (13.3 % on the tuning split) after 120 of ...\n")
     status = failure_status(1, log, run_dir)
-    assert status == "stopped at chance (13.3 % at iteration 120)"
+    assert status == "stopped at chance (13.3 % on the tuning split at iteration 120)"
     log.write_text("Traceback ... CUDA out of memory\n")
     assert failure_status(1, log, run_dir) == "failed (exit 1, see log)"
     rows = [{"recipe": "ideal", "seed": 0, "status": status}]
@@ -62,7 +62,7 @@ def test_time_to_deepinversions_final_accuracy_is_read_off_the_curves(tmp_path):
     for name, points in curves.items():
         (tmp_path / "runs" / name).mkdir(parents=True)
         for i, (t, acc) in enumerate(points):
-            append_curve(tmp_path / "runs" / name / "curve.csv", i, t, 0, acc, "epoch")
+            append_curve(tmp_path / "runs" / name / "curve.csv", i, t, 0, {"tune": acc, "report": acc}, "epoch")
     assert seconds_to_reach(read_curve(tmp_path / "runs" / "fast_s0" / "curve.csv"), 0.6) == 120
     rows = [{"recipe": "di", "synthesizer": "deepinversion", "seed": 0, "status": "ok", "student_acc": 0.6,
              "fit_time_s": 300.0},

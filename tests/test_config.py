@@ -83,3 +83,31 @@ def test_run_folder_recipe_names_the_shipped_teachers_folder_not_this_checkout(t
     assert settings_changed(cfg, tmp_path) == []
     own = compose("fastdfkd_cifar10", ["data.root=data/cifar10/train.tar.gz", "run=r", "teacher.checkpoint=/x/t.pt"])
     assert settings_changed(own, tmp_path) == ["teacher.checkpoint"]  # a teacher of one's own is not the shipped one
+
+
+TIERS = {"mnist": "mnist_cpu", "cifar10": "cifar10_cpu"}
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_a_recipe_differs_from_its_tiers_student_protocol_only_where_it_says_why(recipe):
+    """Methods of a tier share the student side (recipes/protocol/): every student-side setting a recipe keeps
+    otherwise is a declared exception with its reason, and no declared exception is stale."""
+    from dfkd.runs.protocol import deviations
+
+    cfg = compose(recipe)
+    differs, declared = deviations(cfg), dict(cfg.protocol.exceptions)
+    assert set(differs) == set(declared), (f"{recipe}: differs from protocol {cfg.protocol.name} in {differs}; "
+                                           f"declared: {sorted(declared)}")
+    assert all(len(str(why)) >= 20 for why in declared.values()), declared
+
+
+@pytest.mark.parametrize("suite", sorted(TIERS))
+def test_every_white_box_method_of_a_tier_follows_the_tiers_protocol(suite):
+    """The black-box recipes (dfme, ideal) keep their own student side for now: their student steps follow the
+    query budget (docs/notes/protocol.md)."""
+    from dfkd.bench.suite import suite_recipes
+
+    for recipe in suite_recipes(suite):
+        cfg = compose(recipe)
+        if cfg.teacher.access == "white":
+            assert cfg.protocol.name == TIERS[suite], f"{recipe} is not on the {suite} tier's protocol"

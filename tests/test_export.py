@@ -30,7 +30,9 @@ def test_exported_student_rebuilds_from_the_file_alone_and_matches_the_checkpoin
     from dfkd.models.files import build_classifier
 
     ref = build_classifier("resnet8", {"width": 0.5}, 10, 1, 28, 28, "pad", [0.1307], [0.3081]).eval()
-    ref.model.load_state_dict({k[len("student.model."):]: v for k, v in ck.items() if k.startswith("student.model.")})
+    # the scored student: the weight average under the tier's protocol (distill.ema_decay), else the student
+    prefix = "student_ema.module.model." if any(k.startswith("student_ema.") for k in ck) else "student.model."
+    ref.model.load_state_dict({k[len(prefix):]: v for k, v in ck.items() if k.startswith(prefix)})
     torch.testing.assert_close(student(x), ref(x))
     assert not any(k.startswith("teacher.") for k in ck), "the teacher must not be saved in run checkpoints"
 

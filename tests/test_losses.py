@@ -172,6 +172,14 @@ def test_information_entropy_uses_log10_of_the_batch_mean():
     assert math.isclose(information_entropy_loss(logits).item(), sum(v * math.log10(v) for v in p), rel_tol=1e-5)
 
 
+def test_class_balance_uses_the_natural_log_of_the_batch_mean():
+    """DFQ's term; kills a log10 in its place (2.3x weaker at the published weight 20)."""
+    from dfkd.losses import class_balance_loss
+
+    logits = torch.log(torch.tensor([[0.5, 0.5], [0.9, 0.1]]))
+    assert math.isclose(class_balance_loss(logits).item(), sum(v * math.log(v) for v in [0.7, 0.3]), rel_tol=1e-5)
+
+
 def test_activation_and_one_hot_losses():
     f = torch.tensor([[1.0, -3.0], [0.0, 2.0]])
     assert activation_loss(f).item() == -1.5

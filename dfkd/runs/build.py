@@ -41,7 +41,7 @@ def build_student(cfg: DictConfig, teacher: Teacher) -> BuiltStudent:
     if s.arch == "tucker" and "ranks" not in kw:
         from dfkd.models.tucker import compress
 
-        model, ranks = compress(teacher.model, kw.get("layers"), kw.get("rank", "vbmf"))
+        model, ranks = compress(teacher.model, kw.get("layers"), kw.get("rank", "vbmf"), int(d.channels))
         decided = {"base": cfg.teacher.arch, "base_kwargs": to_plain(cfg.teacher)["arch_kwargs"] or {},
                    "ranks": ranks, "layers": list(ranks), "rank": kw.get("rank", "vbmf")}
         clf = Classifier(copy.deepcopy(p), model.requires_grad_(True).train())

@@ -6,7 +6,7 @@ the teacher match the running statistics, each image is classified confidently, 
 
     min_G  bn * sum_l (||mu_l(G(z)) - mu_l||_2 + ||s2_l(G(z)) - s2_l||_2)      # BN statistics (DeepInversion eq. 4)
          + oh * CE(T(G(z)), argmax T(G(z)))                                   # instance entropy, as DAFL's L_oh
-         + balance * sum_c pbar_c log10 pbar_c                                # class balance (DAFL's L_ie)
+         + balance * sum_c pbar_c ln pbar_c                                   # class balance (natural log)
          - adv * KL(softmax T(G(z)) || softmax S(G(z)))                       # the adversarial term (tau = 1)
     min_S  KL(T || S) on fresh G(z) for each of `distill.kd_steps` student steps
 
@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from dfkd.hooks import BNStatHooks
-from dfkd.losses import information_entropy_loss, kd_kl
+from dfkd.losses import class_balance_loss, kd_kl
 from dfkd.synthesizers.base import SYNTHESIZERS, SynthBatch
 from dfkd.synthesizers.generative import GeneratorSynthesizer
 from dfkd.synthesizers.terms import Term
@@ -59,7 +59,7 @@ class DFQ(GeneratorSynthesizer):
         with self.bn_hooks.recording():
             t_logits = self.teacher(x)
         terms = {"bn": self.bn_hooks.loss(), "oh": F.cross_entropy(t_logits, t_logits.argmax(1)),
-                 "balance": information_entropy_loss(t_logits), "adv": -kd_kl(s_logits, t_logits)}
+                 "balance": class_balance_loss(t_logits), "adv": -kd_kl(s_logits, t_logits)}
         return terms, self.disagreement(s_logits, t_logits)
 
     def synthesize(self) -> SynthBatch:
