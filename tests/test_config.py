@@ -93,8 +93,9 @@ def test_a_recipe_differs_from_its_tiers_student_protocol_only_where_it_says_why
     """Methods of a tier share the student side (recipes/protocol/): every student-side setting a recipe keeps
     otherwise is a declared exception with its reason, and no declared exception is stale."""
     from dfkd.runs.protocol import deviations
+    from tests.helpers import recipe_cfg
 
-    cfg = compose(recipe)
+    cfg = recipe_cfg(recipe)
     differs, declared = deviations(cfg), dict(cfg.protocol.exceptions)
     assert set(differs) == set(declared), (f"{recipe}: differs from protocol {cfg.protocol.name} in {differs}; "
                                            f"declared: {sorted(declared)}")
@@ -105,9 +106,10 @@ def test_a_recipe_differs_from_its_tiers_student_protocol_only_where_it_says_why
 def test_every_white_box_method_of_a_tier_follows_the_tiers_protocol(suite):
     """The black-box recipes (dfme, ideal) keep their own student side for now: their student steps follow the
     query budget (docs/notes/protocol.md)."""
-    from dfkd.bench.suite import suite_recipes
+    from dfkd.bench.suite import _in_suite
+    from tests.helpers import recipe_cfg
 
-    for recipe in suite_recipes(suite):
-        cfg = compose(recipe)
-        if cfg.teacher.access == "white":
+    for recipe in RECIPES:
+        cfg = recipe_cfg(recipe)
+        if _in_suite(suite, recipe, cfg) and cfg.teacher.access == "white":
             assert cfg.protocol.name == TIERS[suite], f"{recipe} is not on the {suite} tier's protocol"

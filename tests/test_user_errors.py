@@ -223,7 +223,7 @@ def test_a_student_still_at_chance_stops_the_run_naming_both_learning_rates(tmp_
 
     loop = [o for o in LOOP if not o.startswith("distill.stop_at_chance_after")]
     with pytest.raises(DivergenceError, match=r"still at chance \(\d+\.\d %(.|\n)*synthesizer.lr=1000(.|\n)*"
-                                              r"distill.optimizer.lr=0.006"):
+                                              r"distill.optimizer.lr=0.002"):
         run(tmp_path, "dafl_lenet", "run=chance", *loop, *small("dafl_lenet"), "synthesizer.lr=1000",
             "distill.iterations_per_epoch=50")  # judged after 100 student steps
     assert not (tmp_path / "chance" / "student.pt").exists()

@@ -10,6 +10,8 @@ student-side setting it keeps otherwise is listed in `protocol.exceptions` with 
 requires it to equal the declared exceptions, each with a reason."""
 from __future__ import annotations
 
+import functools
+
 from omegaconf import DictConfig, OmegaConf
 
 # the student side: optimizer and schedule, KD loss and temperature, weight averaging, KD-batch augmentation,
@@ -35,8 +37,9 @@ def student_side(cfg: DictConfig) -> dict:
     return side
 
 
+@functools.lru_cache(maxsize=None)
 def protocol_config(name: str) -> DictConfig:
-    """The primary config with the tier's protocol alone: its student side."""
+    """The primary config with the tier's protocol alone: its student side (read only; composed once)."""
     from dfkd.runs.config import PRIMARY, _compose_raw
 
     return _compose_raw(PRIMARY, [f"+protocol={name}"])

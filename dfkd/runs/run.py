@@ -23,6 +23,7 @@ from dfkd.errors import RunError
 from dfkd.loop.guards import at_chance
 from dfkd.loop.module import VAL_SPLITS, DistillModule
 from dfkd.models import count_params
+from dfkd.models.evaluate import evaluate
 from dfkd.runs.build import build_student, build_synthesizer
 from dfkd.runs.callbacks import (
     CurveLogger,
@@ -89,7 +90,7 @@ def run_distill(cfg: DictConfig) -> dict | None:
         with teacher.counting_as("teacher_check"):  # a black box's answers here are counted apart
             teacher_acc = score(teacher, splits)
         check_teacher_accuracy(cfg, teacher, teacher_acc["tune"], len(splits.tune))
-    initial_acc = score(student, splits) if is_rank_zero() else None  # before any distillation
+    initial_acc = evaluate(student, splits.report) if is_rank_zero() else None  # before any distillation (a figure)
 
     d = cfg.distill
     timer = build_timer(cfg.trainer.max_minutes)
@@ -173,7 +174,7 @@ def _finish(cfg, run_dir, module, trainer, splits, teacher, built, teacher_acc, 
                     "report_acc": student_acc["report"], "tune_acc": student_acc["tune"],
                     "weights": (f"moving average of the student's weights (distill.ema_decay={module.ema_decay})"
                                 if module.student_ema is not None else "the student's final weights"),
-                    "initial_report_acc": initial_acc["report"], "best_tune_acc": best_score(trainer)},
+                    "initial_report_acc": initial_acc, "best_tune_acc": best_score(trainer)},
         "compression_ratio": t_params / count_params(student.model) if t_params else None,
         **_query_summary(cfg, module, teacher),
         "splits": split_roles(cfg, splits),
