@@ -39,14 +39,15 @@ def build_augment(items, image_size: tuple[int, int] | None = None) -> nn.Module
 
 
 def _crop_size(name: str, size, image_size) -> tuple[int, int]:
+    if size is not None:
+        size = (int(size), int(size)) if isinstance(size, int) else tuple(int(s) for s in size)
     if image_size is None:
         if size is None:
             raise ValueError(f"augment: {name} needs a `size` when the image size is not known")
-        return tuple(int(s) for s in size)
+        return size
     image_size = tuple(int(s) for s in image_size)
     if size is None:
         return image_size
-    size = (int(size), int(size)) if isinstance(size, int) else tuple(int(s) for s in size)
     if size != image_size:
         raise ValueError(f"augment: {name} size {list(size)} differs from the images' size {list(image_size)}; "
                          f"drop `size` to crop at the images' own size")

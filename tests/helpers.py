@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LOOP = ["distill.epochs=2", "distill.iterations_per_epoch=2", "distill.synth_every=1", "distill.kd_steps=1",
         "distill.batch_size=8", "bank.capacity=64", "trainer.accelerator=cpu", "log.image_every=1",
         "distill.stop_at_chance_after=null",  # a 4-iteration student may well be at chance
-        "++data.limit_val=200"]  # 200 images of each scored split: every run scores both at start, each epoch, at the end
+        "++data.limit_val=200"]  # 200 images of each scored split (scored at start, each epoch and at the end)
 # paper-scale recipes run on FakeData with a random teacher
 FAKE = ["data=fake", "teacher.checkpoint=null", "teacher.random_init=true"]
 

@@ -11,7 +11,8 @@
 Each (recipe, seed) is a separate `python -m dfkd.runs.cli recipe=... seed=...` process (a crash or a divergence
 costs that run only; its log is kept in `<out>/logs/`). Results come from each run's own files: summary.json
 for the figures and curve.csv (tuning- and reporting-split accuracy after every epoch, with the training seconds so
-far) for the accuracy-vs-time plot, which shows the reporting split. Writes, after every run (an interrupted benchmark keeps what it measured):
+far) for the accuracy-vs-time plot, which shows the reporting split. Writes, after every run (an interrupted
+benchmark keeps what it measured):
 
     <out>/results.md   <out>/results.csv   <out>/accuracy_vs_time.png   <out>/runs/<recipe>_s<seed>/
     <out>/readme_table.md (the README's table: one line per recipe)
@@ -129,7 +130,8 @@ def failure_status(rc: int, log: Path, run_dir: Path) -> str:
     points = read_curve(curve) if curve.is_file() else []
     if not points:
         return "stopped at chance"
-    return f"stopped at chance ({100 * points[-1]['tune_acc']:.1f} % on the tuning split at iteration {points[-1]['iteration']})"
+    last = points[-1]
+    return f"stopped at chance ({100 * last['tune_acc']:.1f} % on the tuning split at iteration {last['iteration']})"
 
 
 def run_args(recipe: str, seed: int, out: Path, minutes: float | None, overrides: list[str]) -> list[str]:
@@ -176,7 +178,7 @@ def read_run(recipe: str, seed: int, out: Path) -> dict:
         "synthesizer": s["synthesizer"], "status": "ok", "teacher": describe(t), "student": describe(st),
         "teacher_acc": t["report_acc"], "student_acc": st["report_acc"],
         "student_over_teacher": st["report_acc"] / t["report_acc"] if t["report_acc"] else None,
-        "initial_student_acc": st.get("initial_report_acc"), "report_images": s["splits"]["report"]["images"], "wall_time_s": round(s["wall_time_s"], 1),
+        "initial_student_acc": st.get("initial_report_acc"), "wall_time_s": round(s["wall_time_s"], 1),
         "fit_time_s": round(s["fit_time_s_total"], 1), "synthesis_time_s": round(s["synthesis_time_s"], 1),
         "images_synthesized": s["images_synthesized"], "iterations": s["iterations"],
         "planned_iterations": s.get("planned_iterations"), "stopped_by_budget": s.get("stopped_by_budget", False),

@@ -2,7 +2,7 @@
 the step-index data set that drives the synthetic loop."""
 from __future__ import annotations
 
-from dfkd.data.sets import DATASETS, Splits, StepDataset, build_splits, embedded_mnist_splits
+from dfkd.data.sets import DATASETS, SCORED_SPLITS, Splits, StepDataset, build_splits, embedded_mnist_splits
 
 
 def image_shape(data) -> tuple[int, int, int]:
@@ -10,4 +10,4 @@ def image_shape(data) -> tuple[int, int, int]:
     return int(data.channels), int(data.image_size), int(data.image_size)
 
 
-__all__ = ["DATASETS", "Splits", "StepDataset", "build_splits", "embedded_mnist_splits", "image_shape"]
+__all__ = ["DATASETS", "SCORED_SPLITS", "Splits", "StepDataset", "build_splits", "embedded_mnist_splits", "image_shape"]

@@ -20,6 +20,10 @@ EMBEDDED_MNIST = Path(__file__).resolve().parents[1] / "assets" / "mnist5k.npz"
 DATASETS = Registry("data set")
 
 
+SCORED_SPLITS = ("tune", "report")  # the splits a run scores its student on, in this order
+TUNE_DRAW_SEED = 20201  # the tuning split's draw: fixed, so every run and recipe tunes on the same images
+
+
 @dataclass(frozen=True)
 class Splits:
     """Real images in three roles, never mixed:
@@ -154,7 +158,7 @@ def tuning_subset(train: Dataset, size: int) -> Dataset:
     if size < 1:
         raise ValueError(f"data.tune_size must be at least 1 (the tuning split scores best.ckpt and the guards), "
                          f"got {size}")
-    idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(20201))[:size]
+    idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(TUNE_DRAW_SEED))[:size]
     return Subset(train, idx.sort().values.tolist())
 
 

@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from dfkd.data import SCORED_SPLITS
 from dfkd.loop.ema import student_average
 from dfkd.loop.feature_transfer import build_attention
 from dfkd.loop.guards import Guards
@@ -33,9 +34,6 @@ from dfkd.losses import KD_LOSSES
 from dfkd.optim import build_optimizer, build_scheduler
 from dfkd.synthesizers.base import SynthContext, Synthesizer
 from dfkd.teachers import QueryBudgetSpent, as_teacher
-
-
-VAL_SPLITS = ("tune", "report")  # the validation loaders, in this order (dfkd.runs.run)
 
 
 class DistillModule(pl.LightningModule):
@@ -56,7 +54,7 @@ class DistillModule(pl.LightningModule):
         self.batches = KDBatchSource(self.cfg["batch_size"], bank, self.cfg["replay"])
         self.attention = build_attention(self.cfg["attention"])
         self.accuracy = nn.ModuleDict({split: MulticlassAccuracy(num_classes, average="micro")
-                                       for split in (*VAL_SPLITS, "tune_raw")})
+                                       for split in (*SCORED_SPLITS, "tune_raw")})
         self.num_classes, self.image_shape = num_classes, tuple(image_shape)
         self.mean, self.std, self.seed = tuple(mean), tuple(std), int(seed)
         self.timer = timer  # Lightning's Timer callback: training seconds, cumulative over resumes
@@ -245,7 +243,7 @@ class DistillModule(pl.LightningModule):
 
     def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
         x, y = batch
-        split = VAL_SPLITS[dataloader_idx]
+        split = SCORED_SPLITS[dataloader_idx]  # the validation loaders come in this order (dfkd.runs.run)
         self.accuracy[split].update(self.scored_student(x), y)
         if self.student_ema is not None and split == "tune":
             self.accuracy["tune_raw"].update(self.student(x), y)

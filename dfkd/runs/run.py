@@ -18,47 +18,23 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from dfkd.augment import build_augment
-from dfkd.data import StepDataset, build_splits, image_shape
+from dfkd.data import SCORED_SPLITS, StepDataset, build_splits, image_shape
 from dfkd.errors import RunError
 from dfkd.loop.guards import at_chance
-from dfkd.loop.module import VAL_SPLITS, DistillModule
+from dfkd.loop.module import DistillModule
 from dfkd.models import count_params
 from dfkd.models.evaluate import evaluate
 from dfkd.runs.build import build_student, build_synthesizer
-from dfkd.runs.callbacks import (
-    CurveLogger,
-    ImageGridLogger,
-    KillAt,
-    RunProgressBar,
-    SynthesisCostNote,
-    save_image_grid,
-)
+from dfkd.runs.callbacks import (CurveLogger, ImageGridLogger, KillAt, RunProgressBar, SynthesisCostNote,
+                                 save_image_grid)
 from dfkd.runs.config import ConfigError, to_plain, unset_values_message
 from dfkd.runs.console import quiet_expected_warnings, run_line
 from dfkd.runs.curve import append_curve
-from dfkd.runs.rundir import (
-    is_rank_zero,
-    prepare_run_dir,
-    relocatable,
-    resume_checkpoint,
-    run_dir_of,
-    versions,
-    write_json,
-    write_student_arch,
-)
+from dfkd.runs.rundir import (is_rank_zero, prepare_run_dir, relocatable, resume_checkpoint, run_dir_of, versions,
+                              write_json, write_student_arch)
 from dfkd.runs.summary import report, score, split_roles
-from dfkd.runs.trainer import (
-    best_score,
-    build_timer,
-    build_trainer,
-    device_of,
-    stopped_by_budget,
-)
-from dfkd.teachers.build import (
-    build_teacher,
-    check_teacher_accuracy,
-    teacher_normalization,
-)
+from dfkd.runs.trainer import best_score, build_timer, build_trainer, device_of, stopped_by_budget
+from dfkd.teachers.build import build_teacher, check_teacher_accuracy, teacher_normalization
 
 
 def main(cfg: DictConfig) -> dict | None:
@@ -109,7 +85,7 @@ def run_distill(cfg: DictConfig) -> dict | None:
     g = torch.Generator().manual_seed(int(cfg.seed))  # loaders draw from their own RNG, not the global one
     steps = StepDataset(int(d.iterations_per_epoch) * trainer.world_size)  # DDP shards it across ranks
     val_loaders = [DataLoader(getattr(splits, split), batch_size=int(cfg.data.eval_batch_size), shuffle=False,
-                              num_workers=int(cfg.data.num_workers)) for split in VAL_SPLITS]
+                              num_workers=int(cfg.data.num_workers)) for split in SCORED_SPLITS]
     if is_rank_zero():  # every start-up check has passed: only now is anything written
         prepare_run_dir(cfg)
         write_student_arch(run_dir, built.arch, built.arch_kwargs)

@@ -2,13 +2,13 @@
 summary.json, and the report printed at the end."""
 from __future__ import annotations
 
-from dfkd.loop.module import VAL_SPLITS
+from dfkd.data import SCORED_SPLITS
 from dfkd.models.evaluate import evaluate
 
 
 def score(model, splits, device="cpu") -> dict[str, float]:
     """Top-1 accuracy on the tuning and the reporting split."""
-    return {split: evaluate(model, getattr(splits, split), device=device) for split in VAL_SPLITS}
+    return {split: evaluate(model, getattr(splits, split), device=device) for split in SCORED_SPLITS}
 
 
 def split_roles(cfg, splits) -> dict:

@@ -17,14 +17,7 @@ from dfkd.models import count_params
 from dfkd.models.evaluate import evaluate
 from dfkd.models.files import save_model_file
 from dfkd.runs.config import to_plain
-from dfkd.runs.rundir import (
-    is_rank_zero,
-    prepare_run_dir,
-    resume_checkpoint,
-    run_dir_of,
-    versions,
-    write_json,
-)
+from dfkd.runs.rundir import is_rank_zero, prepare_run_dir, resume_checkpoint, run_dir_of, versions, write_json
 from dfkd.runs.summary import split_roles
 from dfkd.runs.trainer import build_trainer
 from dfkd.teachers.build import build_model_of
