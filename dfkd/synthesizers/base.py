@@ -6,8 +6,8 @@ every method shares:
 - a per-rank random generator (`seed` and rank), so GPUs synthesize different images; checkpointed;
 - forward hooks on the teacher or student (BN statistics, feature taps): `self.hooks(...)` registers them, and
   `detach()` closes every one;
-- `scoring_student()`: the student in eval mode with frozen parameters while it scores synthetic images, put
-  back as it was afterwards;
+- `scoring_student()`: the student with frozen parameters while it scores synthetic images (eval mode, or the
+  batch's own BN statistics with `student_mode="train"`), put back as it was afterwards;
 - the BatchNorm requirement: a method that matches BN statistics sets `uses_bn_stats = True`, and
   `require_batchnorm` refuses a teacher without BN with a message naming the methods that fit.
 
@@ -203,14 +203,31 @@ class Synthesizer(nn.Module):
     def student(self) -> nn.Module:
         return self._student
 
+    # how the student scores synthetic images for a synthesis loss: "eval" (running BN statistics) or "train"
+    # (the statistics of the synthetic batch itself, as the student sees it in its own KD step; DFAD's code)
+    student_mode: str = "eval"
+    STUDENT_MODES = ("eval", "train")
+
+    def set_student_mode(self, mode: str) -> None:
+        if mode not in self.STUDENT_MODES:
+            raise DfkdError(f"synthesizer.student_mode={mode!r}: use one of {', '.join(self.STUDENT_MODES)} (eval: "
+                            "the student's running BN statistics; train: the synthetic batch's own statistics)")
+        self.student_mode = mode
+
     @contextlib.contextmanager
     def scoring_student(self):
-        """The student in eval mode with frozen parameters while it scores synthetic images for a synthesis loss
-        (so synthesis never moves the student or its BN statistics); restored afterwards."""
+        """The student with frozen parameters while it scores synthetic images for a synthesis loss, in
+        `student_mode`; synthesis never moves the student's weights or its BN running statistics (in train mode
+        the BN layers normalize with the batch's statistics at momentum 0, so the running ones stay); restored
+        afterwards."""
         student = self.student
         was_training = student.training
         flags = [p.requires_grad for p in student.parameters()]
-        student.eval()
+        student.train(self.student_mode == "train")
+        bns = [m for _, m in batchnorm_layers(student)] if self.student_mode == "train" else []
+        momenta = [bn.momentum for bn in bns]
+        for bn in bns:
+            bn.momentum = 0.0
         for p in student.parameters():
             p.requires_grad_(False)
         try:
@@ -218,6 +235,8 @@ class Synthesizer(nn.Module):
         finally:
             for p, f in zip(student.parameters(), flags):
                 p.requires_grad_(f)
+            for bn, m in zip(bns, momenta):
+                bn.momentum = m
             student.train(was_training)
 
     def sample_targets(self, n: int, balanced: bool = True) -> torch.Tensor:
